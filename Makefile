@@ -1,0 +1,49 @@
+# Two commands: `make demo` and `make test`. Each sets everything up first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= out
+# torch==2.13.0: here a CPU wheel is cached and pip finds it. Elsewhere, to avoid gigabytes of CUDA:
+#   make test PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
+PIP_EXTRA ?=
+DEB_PACKAGES := abcm2ps abcmidi ghostscript poppler-utils
+DEB_COMMANDS := abcm2ps abc2midi gs pdftotext
+
+.PHONY: setup sysdeps test demo bench lint clean
+
+setup: $(BIN)/.installed sysdeps
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(PIP_EXTRA) "torch==2.13.0"
+	$(BIN)/python -m pip install -q $(PIP_EXTRA) -e ".[test]"
+	@touch $@
+
+# The Debian tools that typeset and play tunes: installed when missing and we are root.
+sysdeps:
+	@missing=""; for c in $(DEB_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: $(DEB_PACKAGES)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES)) >/dev/null || exit 1; \
+	  else \
+	    echo "missing commands:$$missing. Install them with: sudo apt-get install $(DEB_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
+
+test: setup
+	$(BIN)/ruff check pipeline transforms model schemas tests benchmarks
+	$(BIN)/python -m pytest
+
+demo: setup
+	$(BIN)/folkrnn demo --out $(OUT)
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+lint: setup
+	$(BIN)/ruff check pipeline transforms model schemas tests benchmarks
+
+clean:
+	rm -rf $(OUT) .pytest_cache

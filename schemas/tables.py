@@ -1,0 +1,57 @@
+"""Arrow schemas of every table the pipeline writes. Writers and readers use these, nothing else."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# One row per kept tune of the ingest (tunes/part-*.parquet).
+TUNES = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # stable: collection, file and position
+        pa.field("source", pa.string(), nullable=False),  # file path or URL
+        pa.field("collection", pa.string(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),  # 0-based index of the tune in its source
+        pa.field("title", pa.string()),
+        pa.field("original_meter", pa.string()),
+        pa.field("original_key", pa.string()),
+        pa.field("meter_mapped", pa.bool_()),  # C| or 2/2 written as M:4/4
+        pa.field("transpose", pa.int8()),  # semitones added to reach tonic C
+        pa.field("meter", pa.string()),  # e.g. "6/8"
+        pa.field("mode", pa.string()),  # maj, min, dor, mix
+        pa.field("tokens", pa.list_(pa.string())),  # M:.. K:.. body, without <s> and </s>
+        pa.field("token_ids", pa.list_(pa.int16())),
+        pa.field("length", pa.int32()),
+        pa.field("content_hash", pa.string()),  # sha1 of the space-joined tokens
+        pa.field("split", pa.string()),  # train or valid, from a hash of id
+        pa.field("encoding", pa.string()),  # utf-8, or latin-1 when the file was not UTF-8
+        pa.field("removed", pa.map_(pa.string(), pa.int32())),  # what cleaning dropped, by kind
+    ]
+)
+
+# One row per record that could not become a tune (rejects/part-*.parquet).
+REJECTS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("collection", pa.string(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),  # read, fetch, header, clean, tokenize, ...
+        pa.field("reason", pa.string(), nullable=False),  # a reason code, e.g. meter_not_in_vocab
+        pa.field("detail", pa.string()),  # what a person needs to find and fix it
+        pa.field("raw", pa.string()),  # the record's text as read
+    ]
+)
+
+# One row per tune whose token sequence was already kept under another id.
+DUPLICATES = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("collection", pa.string(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("duplicate_of", pa.string(), nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+    ]
+)
+
+INGEST_TABLES: dict[str, pa.Schema] = {"tunes": TUNES, "rejects": REJECTS, "duplicates": DUPLICATES}
