@@ -1,8 +1,8 @@
 """The ``folkrnn`` command: one thin subcommand per pipeline stage.
 
 Each subcommand lives in its own module exposing ``HELP`` (one line), ``add_arguments(parser)``
-and ``run(args) -> int``. Modules are imported only when their command runs, so ``--help``
-stays fast and a stage's heavy dependencies (torch, beam) load only where needed.
+and ``run(args) -> int``. Those modules import heavy dependencies (torch, beam) inside ``run``,
+so ``--help`` stays fast and a stage loads only what it needs.
 """
 
 from __future__ import annotations
