@@ -1,0 +1,379 @@
+"""Read an ABC tune body into musical elements, dropping what the vocabulary cannot say.
+
+The lexer is one left-to-right pass. What it removes (comments, chord symbols, decorations,
+grace notes, slurs, ties ...) is counted by kind in ``Body.removed``; what it cannot represent
+without guessing (voices, mid-tune meter or key changes, multi-bar rests ...) raises
+``TuneRejected`` with the position in the body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from transforms.abc.errors import TuneRejected
+from transforms.abc.header import LETTERS, parse_key, parse_meter, parse_unit_length
+
+
+@dataclass
+class Note:
+    letter: int  # 0..6 for C..B
+    octave: int  # scientific octave: C (upper case, no marks) is octave 4
+    accidental: int | None  # explicit accidental -2..2 (0 is a natural sign), None when not written
+    length: Fraction  # in whole notes
+
+
+@dataclass
+class Rest:
+    length: Fraction
+
+
+@dataclass
+class Chord:
+    notes: list[Note]
+    length: Fraction  # of the chord as a whole (its first note's length times the multiplier)
+
+
+@dataclass
+class Tuplet:
+    p: int
+
+
+@dataclass
+class Broken:
+    direction: str  # ">" or "<"
+    count: int  # 1 for ">", 2 for ">>" ...
+
+
+@dataclass
+class Bar:
+    token: str  # one of | |: :| |1 |2
+
+
+Element = Note | Rest | Chord | Tuplet | Broken | Bar
+
+
+@dataclass
+class Body:
+    elements: list[Element] = field(default_factory=list)
+    removed: Counter = field(default_factory=Counter)
+
+
+# Fields that may stand on their own line inside a body and carry nothing we keep.
+IGNORED_BODY_FIELDS = set("NPQRTIZHSDOBCGFAr+s")
+SINGLE_CHAR_DECORATIONS = set(".~HLMOPSTuvJRWhijklmnopqrstwy")
+HTML_TAG_RE = re.compile(
+    r"</?(?:br|p|pre|div|span|b|i|a|html|body|head|font|hr|table|tr|td|code|tt)\b[^<>]*>", re.IGNORECASE
+)
+HTML_ENTITIES = {"&amp;": "&", "&gt;": ">", "&lt;": "<", "&nbsp;": " ", "&quot;": '"', "&#39;": "'"}
+
+_NOTE_RE = re.compile(r"(\^\^|\^|__|_|=)?([A-Ga-g])([,']*)")
+_LENGTH_RE = re.compile(r"(\d*)(/*)(\d*)")
+_BAR_RE = re.compile(r":*(?:\[\||\|\]|\|+|\.\|)\]?:*|:{2,}")
+_ENDING_RE = re.compile(r"\s*\[?([0-9])(?![0-9/])([-,][0-9])?")
+_TUPLET_RE = re.compile(r"\((\d)(?::(\d?)(?::(\d?))?)?")
+_INLINE_FIELD_RE = re.compile(r"\[([A-Za-z]):([^\]\n]*)\]")
+
+
+def parse_length(text: str, pos: int) -> tuple[Fraction, int]:
+    """Read an ABC length multiplier at ``pos``: '', 2, /2, /, //, 3/2, 3/ ..."""
+    match = _LENGTH_RE.match(text, pos)
+    num, slashes, den = match.groups()
+    if not slashes:
+        return (Fraction(int(num)) if num else Fraction(1)), match.end()
+    value = Fraction(int(num)) if num else Fraction(1)
+    if den:
+        if int(den) == 0:
+            raise TuneRejected("tokenize", "unparseable", f"zero length divisor at body position {pos}")
+        value /= int(den) * 2 ** (len(slashes) - 1)
+    else:
+        value /= 2 ** len(slashes)
+    return value, match.end()
+
+
+class _Lexer:
+    def __init__(self, text: str, unit: Fraction, meter_token: str, key_text: str):
+        self.text = text
+        self.unit = unit
+        self.meter_token = meter_token
+        self.key = parse_key(key_text)
+        self.body = Body()
+        self.pos = 0
+
+    def reject(self, reason: str, detail: str) -> TuneRejected:
+        line = self.text.count("\n", 0, self.pos) + 1
+        snippet = self.text[max(0, self.pos - 15): self.pos + 15].replace("\n", " ")
+        return TuneRejected("tokenize", reason, f"{detail} (body line {line}, near {snippet!r})")
+
+    def removed(self, kind: str) -> None:
+        self.body.removed[kind] += 1
+
+    def emit(self, element: Element) -> None:
+        self.body.elements.append(element)
+
+    # -- fields inside the body -------------------------------------------------------------
+    def body_field(self, name: str, value: str) -> None:
+        if name == "V":
+            raise self.reject("voices", "several voices (V:) cannot be one token sequence")
+        if name == "M":
+            if parse_meter(value).token_meter != self.meter_token:
+                raise self.reject("meter_change", f"the meter changes mid-tune to M:{value.strip()}")
+            return
+        if name == "K":
+            if parse_key(value) != self.key:
+                raise self.reject("key_change", f"the key changes mid-tune to K:{value.strip()}")
+            return
+        if name == "L":
+            self.unit = parse_unit_length(value)
+            return
+        if name in "wW":
+            self.removed("lyrics")
+            return
+        if name == "X":
+            raise self.reject("unparseable", "a second X: field inside one tune")
+        self.removed("fields")
+
+    # -- the main loop ---------------------------------------------------------------------
+    def run(self) -> Body:
+        text = self.text
+        n = len(text)
+        at_line_start = True
+        while self.pos < n:
+            ch = text[self.pos]
+            if at_line_start and ch.isalpha() and text.startswith(":", self.pos + 1) and (
+                text[self.pos + 2: self.pos + 3] not in ("|", ":")
+            ):
+                end = text.find("\n", self.pos)
+                end = n if end < 0 else end
+                self.body_field(ch, text[self.pos + 2: end])
+                self.pos = end
+                continue
+            at_line_start = False
+            if ch == "\n":
+                at_line_start = True
+                self.pos += 1
+            elif ch in " \t\r`":
+                self.pos += 1
+            elif ch == "%":
+                end = text.find("\n", self.pos)
+                self.pos = n if end < 0 else end
+                self.removed("comments")
+            elif ch == "\\":
+                self.pos += 1
+                self.removed("line_continuations")
+            elif ch == '"':
+                end = text.find('"', self.pos + 1)
+                if end < 0:
+                    raise self.reject("unparseable", "a chord symbol or annotation opens with \" and never closes")
+                self.pos = end + 1
+                self.removed("chord_symbols")
+            elif ch in "!+":
+                end = text.find(ch, self.pos + 1)
+                newline = text.find("\n", self.pos + 1)
+                if end < 0 or (0 <= newline < end):
+                    self.pos += 1  # the old "!" line break, or a stray "+"
+                    self.removed("line_breaks" if ch == "!" else "stray_characters")
+                else:
+                    self.pos = end + 1
+                    self.removed("decorations")
+            elif ch == "{":
+                end = text.find("}", self.pos)
+                if end < 0:
+                    raise self.reject("unparseable", "grace notes open with { and never close")
+                self.pos = end + 1
+                self.removed("grace_notes")
+            elif ch == "(":
+                self.open_paren()
+            elif ch == ")":
+                self.pos += 1
+                self.removed("slurs")
+            elif ch == "-":
+                self.pos += 1
+                self.removed("ties")
+            elif ch in "|:" or (ch == "[" and text.startswith("[|", self.pos)) or (
+                ch == "." and text.startswith(".|", self.pos)
+            ):
+                self.bar()
+            elif ch == "[":
+                self.open_bracket()
+            elif ch in "^_=" or ch in "ABCDEFGabcdefg":
+                self.emit(self.note())
+            elif ch in "zx":
+                self.pos += 1
+                length, self.pos = parse_length(text, self.pos)
+                self.emit(Rest(length * self.unit))
+            elif ch in "ZX":
+                raise self.reject("multibar_rest", "a multi-bar rest (Z) has no token; write the bars as z rests")
+            elif ch in "<>":
+                start = self.pos
+                while self.pos < n and text[self.pos] == ch:
+                    self.pos += 1
+                self.emit(Broken(ch, self.pos - start))
+            elif ch == "&":
+                raise self.reject("voices", "a voice overlay (&) cannot be one token sequence")
+            elif ch in SINGLE_CHAR_DECORATIONS:
+                self.pos += 1
+                self.removed("decorations")
+            elif ch in "$*;#?@'',":
+                self.pos += 1
+                self.removed("stray_characters")
+            else:
+                raise self.reject("unparseable", f"unexpected character {ch!r}")
+        return self.body
+
+    def open_paren(self) -> None:
+        match = _TUPLET_RE.match(self.text, self.pos)
+        if not match:
+            self.pos += 1
+            self.removed("slurs")
+            return
+        p = int(match.group(1))
+        q = match.group(2)
+        r = match.group(3)
+        if not 2 <= p <= 9:
+            raise self.reject("tuplet_not_in_vocab", f"tuplet ({p} is not in the vocabulary")
+        if q and int(q) != default_tuplet_q(p, self.meter_token):
+            raise self.reject("tuplet_not_in_vocab", f"tuplet {match.group(0)} has a ratio the vocabulary cannot say")
+        if r and int(r) != p:
+            raise self.reject("tuplet_not_in_vocab", f"tuplet {match.group(0)} spans a different number of notes")
+        self.pos = match.end()
+        self.emit(Tuplet(p))
+
+    def bar(self) -> None:
+        match = _BAR_RE.match(self.text, self.pos)
+        if not match:
+            raise self.reject("unparseable", "a stray ':'")
+        written = match.group(0)
+        self.pos = match.end()
+        left = written.rstrip(":") != written or written.startswith("::")
+        right = written.lstrip(":") != written
+        if written == "::" or set(written) == {":"}:
+            left = right = True
+        tokens = []
+        if right:
+            tokens.append(":|")
+        if left:
+            tokens.append("|:")
+        if not tokens:
+            tokens.append("|")
+        ending = _ENDING_RE.match(self.text, self.pos)
+        if ending and (self.text[self.pos: ending.end()].strip().startswith("[") or not left):
+            if ending.group(2):
+                raise self.reject("ending_not_in_vocab", f"ending {ending.group(0).strip()} covers several repeats")
+            number = ending.group(1)
+            if number not in "12":
+                raise self.reject("ending_not_in_vocab", f"ending {number} is not in the vocabulary (only 1 and 2)")
+            self.pos = ending.end()
+            if tokens == ["|"]:
+                tokens = [f"|{number}"]
+            else:
+                tokens.append(f"|{number}")
+        for token in tokens:
+            self.add_bar(token)
+
+    def add_bar(self, token: str) -> None:
+        elements = self.body.elements
+        # "| [1" written with a space is one bar line carrying the ending
+        if token in ("|1", "|2") and elements and isinstance(elements[-1], Bar) and elements[-1].token == "|":
+            elements[-1] = Bar(token)
+            return
+        # bar lines with nothing between them ("||" split by a line break, "| |:") are one bar line
+        if elements and isinstance(elements[-1], Bar):
+            if token == "|":
+                return
+            if elements[-1].token == "|":
+                elements[-1] = Bar(token)
+                return
+        self.emit(Bar(token))
+
+    def open_bracket(self) -> None:
+        field_match = _INLINE_FIELD_RE.match(self.text, self.pos)
+        if field_match:
+            self.pos = field_match.end()
+            self.body_field(field_match.group(1), field_match.group(2))
+            return
+        ending = re.match(r"\[([0-9])", self.text[self.pos:])
+        if ending:
+            number = ending.group(1)
+            if number not in "12":
+                raise self.reject("ending_not_in_vocab", f"ending {number} is not in the vocabulary (only 1 and 2)")
+            self.pos += 2
+            if re.match(r"[-,][0-9]", self.text[self.pos: self.pos + 2]):
+                raise self.reject("ending_not_in_vocab", "an ending covering several repeats")
+            self.add_bar(f"|{number}")
+            return
+        self.chord()
+
+    def chord(self) -> None:
+        self.pos += 1
+        notes: list[Note] = []
+        while True:
+            if self.pos >= len(self.text):
+                raise self.reject("unparseable", "a chord opens with [ and never closes")
+            ch = self.text[self.pos]
+            if ch == "]":
+                self.pos += 1
+                break
+            if ch in "^_=" or ch in "ABCDEFGabcdefg":
+                notes.append(self.note())
+            elif ch == '"':
+                end = self.text.find('"', self.pos + 1)
+                if end < 0:
+                    raise self.reject("unparseable", "an annotation inside a chord never closes")
+                self.pos = end + 1
+                self.removed("chord_symbols")
+            elif ch in " -)(" or ch in SINGLE_CHAR_DECORATIONS:
+                self.pos += 1
+                self.removed("decorations" if ch not in " " else "spaces")
+            elif ch == "!":
+                end = self.text.find("!", self.pos + 1)
+                self.pos = (end + 1) if end > 0 else self.pos + 1
+                self.removed("decorations")
+            else:
+                raise self.reject("unparseable", f"unexpected {ch!r} inside a chord")
+        if not notes:
+            raise self.reject("unparseable", "an empty chord []")
+        multiplier, self.pos = parse_length(self.text, self.pos)
+        self.emit(Chord(notes, notes[0].length * multiplier))
+
+    def note(self) -> Note:
+        match = _NOTE_RE.match(self.text, self.pos)
+        if not match:
+            raise self.reject("unparseable", "an accidental without a note")
+        accidental_text, letter_text, marks = match.groups()
+        self.pos = match.end()
+        length, self.pos = parse_length(self.text, self.pos)
+        octave = (4 if letter_text.isupper() else 5) + marks.count("'") - marks.count(",")
+        accidental = None if accidental_text is None else {"^^": 2, "^": 1, "=": 0, "_": -1, "__": -2}[accidental_text]
+        return Note(LETTERS.index(letter_text.upper()), octave, accidental, length * self.unit)
+
+
+def default_tuplet_q(p: int, meter_token: str) -> int:
+    """ABC 2.1: (p puts p notes into the time of q."""
+    if p in (2, 4, 8):
+        return 3
+    if p in (3, 6):
+        return 2
+    compound = meter_token in ("6/8", "9/8", "12/8")
+    return 3 if compound else 2
+
+
+def clean_html(text: str) -> tuple[str, int]:
+    """Remove stray HTML tags and entities that scraped pages leave in ABC."""
+    count = 0
+    for entity, char in HTML_ENTITIES.items():
+        count += text.count(entity)
+        text = text.replace(entity, char)
+    text, tags = HTML_TAG_RE.subn("", text)
+    return text, count + tags
+
+
+def lex_body(text: str, unit: Fraction, meter_token: str, key_text: str) -> Body:
+    """The body's musical elements, lengths in whole notes; raises TuneRejected."""
+    text, html = clean_html(text)
+    lexer = _Lexer(text, unit, meter_token, key_text)
+    if html:
+        lexer.body.removed["html"] += html
+    return lexer.run()
