@@ -1,0 +1,92 @@
+"""``folkrnn ingest``: ABC collections -> tunes, duplicates and rejects as Parquet, plus a summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from pipeline.errors import UsageError
+
+HELP = "Scrape, clean, transpose to C and tokenize ABC collections into Parquet (a Beam pipeline)"
+ACCEPTS_BEAM_FLAGS = True
+TABULAR_SUFFIXES = (".csv", ".json", ".jsonl")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "sources", nargs="*", metavar="SOURCE",
+        help="ABC files, folders or globs (local or gs://), http(s) URLs, CSV/JSON dumps, folk-rnn text "
+             "files (with --format folkrnn-text). None: the ABC collections shipped with music21.")
+    parser.add_argument("--out", default="out/ingest", help="output folder (default: out/ingest)")
+    parser.add_argument("--format", choices=["abc", "folkrnn-text"], default="abc",
+                        help="how to read file sources (default: abc; CSV/JSON dumps are recognised by suffix)")
+    parser.add_argument("--url-list", action="append", default=[], metavar="FILE",
+                        help="a file of URLs to scrape, one a line (repeatable)")
+    parser.add_argument("--valid-fraction", type=float, default=0.05,
+                        help="share of tunes in the validation split, by a hash of the id (default 0.05)")
+    parser.add_argument("--num-shards", type=int, default=1, help="Parquet shards per table (default 1)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="scraping response cache (default: OUT/http-cache); a re-run fetches nothing twice")
+    parser.add_argument("--delay", type=float, default=1.0, help="seconds between requests to one host")
+    parser.add_argument("--per-host", type=int, default=1, help="concurrent requests per host (default 1)")
+    parser.add_argument("--write-folkrnn-text", action="store_true",
+                        help="also write the kept tunes as OUT/tunes.folkrnn.txt (the folk-rnn layout)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.epilog = ("Any Beam flag passes through, e.g. --runner DataflowRunner --project P --region R "
+                     "--temp_location gs://B/tmp --setup_file ./setup.py")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    if not 0 <= args.valid_fraction < 1:
+        raise UsageError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
+    if args.num_shards < 1:
+        raise UsageError(f"--num-shards must be at least 1, got {args.num_shards}")
+    for source in args.sources:
+        local = "://" not in source
+        if local and not any(ch in source for ch in "*?[") and not os.path.exists(source):
+            raise UsageError(f"no such file or folder: {source} (give ABC files, folders, globs or URLs)")
+    for url_list in args.url_list:
+        if not os.path.exists(url_list):
+            raise UsageError(f"no such URL list: {url_list}")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    from pipeline.run_ingest import run_ingest
+
+    summary = run_ingest(args)
+    print(format_summary(summary, args.out))
+    return 0
+
+
+def format_summary(summary: dict, out: str) -> str:
+    lines = [
+        f"ingest: {summary['read']} tunes read, {summary['kept']} kept, {summary['duplicates']} duplicates, "
+        f"{summary['rejected']} rejected"
+        + ("" if summary["read"] == summary["kept"] + summary["duplicates"] + summary["rejected"]
+           else "  (COUNTS DO NOT ADD UP)"),
+        "",
+        f"{'collection':<22}{'read':>8}{'kept':>8}{'dups':>8}{'rejects':>9}{'kept %':>8}",
+    ]
+    for name, c in summary["by_collection"].items():
+        rate = 100 * c["kept"] / c["read"] if c["read"] else 0.0
+        lines.append(f"{name:<22}{c['read']:>8}{c['kept']:>8}{c['duplicates']:>8}{c['rejected']:>9}{rate:>7.1f}%")
+    if summary["rejects_by_reason"]:
+        lines += ["", "rejects by reason: " + ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items())]
+    lines += ["meters: " + ", ".join(f"{k} {v}" for k, v in summary["meters"].items()),
+              "modes: " + ", ".join(f"{k} {v}" for k, v in summary["modes"].items()),
+              "", f"written to {out}/: tunes/, duplicates/, rejects/ (Parquet), summary.json"]
+    return "\n".join(lines)
+
+
+def load_summary(out: str) -> dict:
+    with open(os.path.join(out, "summary.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from pipeline.cli import main
+
+    sys.exit(main(["ingest", *sys.argv[1:]]))
