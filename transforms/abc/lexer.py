@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from schemas.vocab import TUPLET_TOKENS
 from transforms.abc.errors import TuneRejected
 from transforms.abc.header import LETTERS, parse_key, parse_meter, parse_unit_length
 
@@ -64,8 +65,11 @@ class Body:
 # Fields that may stand on their own line inside a body and carry nothing we keep.
 IGNORED_BODY_FIELDS = set("NPQRTIZHSDOBCGFAr+s")
 SINGLE_CHAR_DECORATIONS = set(".~HLMOPSTuvJRWhijklmnopqrstwy")
+# Only tags that cannot be ABC: "<b>" or "<a>" could be broken rhythms around notes ("A<b>c").
 HTML_TAG_RE = re.compile(
-    r"</?(?:br|p|pre|div|span|b|i|a|html|body|head|font|hr|table|tr|td|code|tt)\b[^<>]*>", re.IGNORECASE
+    r"</[a-zA-Z][a-zA-Z0-9]*\s*>|<(?:br|pre|div|span|html|body|head|font|table|tr|td|code|tt|hr|p|i)\b[^<>]*>"
+    r"|<a\s+href=[^<>]*>",
+    re.IGNORECASE,
 )
 HTML_ENTITIES = {"&amp;": "&", "&gt;": ">", "&lt;": "<", "&nbsp;": " ", "&quot;": '"', "&#39;": "'"}
 
@@ -232,7 +236,7 @@ class _Lexer:
         p = int(match.group(1))
         q = match.group(2)
         r = match.group(3)
-        if not 2 <= p <= 9:
+        if f"({p}" not in TUPLET_TOKENS:
             raise self.reject("tuplet_not_in_vocab", f"tuplet ({p} is not in the vocabulary")
         if q and int(q) != default_tuplet_q(p, self.meter_token):
             raise self.reject("tuplet_not_in_vocab", f"tuplet {match.group(0)} has a ratio the vocabulary cannot say")

@@ -209,7 +209,7 @@ def _broken_token(tokens: list[str], broken: Broken) -> str:
     # the vocabulary fuses a /2 or 4 length with the broken rhythm that follows it
     previous = tokens[-1] if tokens else ""
     fused = previous + broken.direction
-    if fused in BROKEN_TOKENS and previous in DURATIONS:
+    if previous in ("/2", "4") and fused in BROKEN_TOKENS:
         tokens.pop()
         return fused
     return broken.direction
