@@ -91,16 +91,16 @@ def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_f
 
         def split_document(doc: dict):
             data = doc["text"].encode("utf-8")
-            for record in tunes_of_document(doc["source"], doc["collection"], data):
+            for record in tunes_of_document(doc["source"], doc["collection"], data, doc["encoding"]):
                 if isinstance(record, dict):
                     yield beam.pvalue.TaggedOutput(REJECTS, record)
                 else:
                     yield record
 
-        split = scraped["documents"] | "SplitScraped" >> beam.FlatMap(split_document).with_outputs(
+        split = scraped.documents | "SplitScraped" >> beam.FlatMap(split_document).with_outputs(
             REJECTS, main="tunes")
         tunes.append(split.tunes)
-        source_rejects.extend([scraped[REJECTS], split[REJECTS]])
+        source_rejects.extend([scraped.rejects, split[REJECTS]])
 
     raw = tunes | "AllRawTunes" >> beam.Flatten()
     read_rejects = source_rejects | "AllSourceRejects" >> beam.Flatten()

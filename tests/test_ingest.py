@@ -153,3 +153,32 @@ def test_cli_ingest_of_a_folder_prints_a_summary_that_adds_up(tmp_path):
     assert "download" not in (result.stdout + result.stderr).lower()
     text = (out / "tunes.folkrnn.txt").read_text()
     assert text.count("\n\n") == 2 and text.startswith("M:")
+
+
+def test_cli_scrapes_from_a_local_server(tmp_path):
+    """URLs on the command line, served by http.server on 127.0.0.1; failures become rejects."""
+    import functools
+    import http.server
+    import threading
+
+    site = tmp_path / "site"
+    site.mkdir()
+    with open(os.path.join(FIXTURES, "collection.abc"), "rb") as src:
+        (site / "tunes.abc").write_bytes(src.read())
+    (site / "index.html").write_text('<html><body><a href="tunes.abc">tunes</a> <a href="gone.abc">x</a></body></html>')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        out = tmp_path / "out"
+        result = folkrnn("ingest", f"{base}/index.html", "--out", str(out), "--quiet", "--delay", "0")
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    # 5 tunes from tunes.abc, plus the missing gone.abc as one reject
+    assert (summary["read"], summary["kept"], summary["duplicates"], summary["rejected"]) == (6, 3, 1, 2)
+    assert summary["rejects_by_reason"] == {"mode_not_in_vocab": 1, "http_404": 1}
+    assert os.listdir(out / "http-cache")

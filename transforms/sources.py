@@ -29,13 +29,18 @@ def collection_of(path: str) -> str:
     return parent or os.path.splitext(os.path.basename(path))[0] or "abc"
 
 
-def tunes_of_document(source: str, collection: str, data: bytes) -> Iterator[RawTune | dict]:
-    """The tunes of one ABC document (file or fetched page), or a reject row for the document."""
+def tunes_of_document(source: str, collection: str, data: bytes,
+                      encoding: str | None = None) -> Iterator[RawTune | dict]:
+    """The tunes of one ABC document (file or fetched page), or a reject row for the document.
+
+    ``encoding`` is given when the text was already decoded (a scraped page), to keep its record.
+    """
     if looks_binary(data):
         yield reject_row(collection=collection, source=source, position=0, stage="read", reason="binary",
                          detail=f"{source} is binary data, not ABC text", raw="")
         return
-    text, encoding = decode_text(data)
+    text, detected = decode_text(data)
+    encoding = encoding or detected
     tunes = split_abc(text)
     if not tunes:
         yield reject_row(collection=collection, source=source, position=0, stage="read", reason="no_tunes",
