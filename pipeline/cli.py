@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from pipeline.errors import UsageError
@@ -16,6 +17,7 @@ from pipeline.errors import UsageError
 # command name -> module that implements it
 COMMANDS: dict[str, str] = {
     "ingest": "pipeline.ingest",
+    "demo": "pipeline.demo",
 }
 
 
@@ -34,8 +36,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     return parser, modules
 
 
+def _drop_optional_gcp_notice(record: logging.LogRecord) -> bool:
+    # Beam logs this on import when its optional GCP extra is absent; local runs do not need it.
+    return "apitools not found" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    logging.getLogger().addFilter(_drop_optional_gcp_notice)
     parser, modules = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command is None:
