@@ -55,3 +55,50 @@ DUPLICATES = pa.schema(
 )
 
 INGEST_TABLES: dict[str, pa.Schema] = {"tunes": TUNES, "rejects": REJECTS, "duplicates": DUPLICATES}
+
+# One row per generated tune (generate writes shards of these: generated/part-*.parquet).
+GENERATED = pa.schema(
+    [
+        pa.field("number", pa.int64(), nullable=False),  # tune number in its run: X:<number>
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("temperature", pa.float32(), nullable=False),
+        pa.field("prime", pa.string()),  # the priming tokens, space-joined ("" when none)
+        pa.field("checkpoint_id", pa.string()),  # content hash of the checkpoint that made it
+        pa.field("meter", pa.string()),  # e.g. "6/8" (null when the tune has no meter token)
+        pa.field("mode", pa.string()),  # maj, min, dor, mix
+        pa.field("title", pa.string()),  # deterministic from the number
+        pa.field("tokens", pa.list_(pa.string())),  # M:.. K:.. body, without <s> and </s>
+        pa.field("token_ids", pa.list_(pa.int16())),
+        pa.field("length", pa.int32()),
+        pa.field("truncated", pa.bool_()),  # stopped at --max-tokens before </s>
+        pa.field("abc", pa.string()),  # the tune as ABC 2.1 text
+    ]
+)
+
+# What the validator says of a tune (transforms.validate.Findings), as columns.
+PROBLEM = pa.struct([("code", pa.string()), ("bar", pa.int32()), ("token", pa.int32()), ("message", pa.string())])
+SECTION = pa.struct([
+    ("label", pa.string()), ("bars", pa.int32()), ("repeats", pa.bool_()), ("has_endings", pa.bool_()),
+    ("ends_on_tonic", pa.bool_()), ("start_bar", pa.int32()),
+])
+FINDINGS_FIELDS = [
+    pa.field("valid", pa.bool_()),
+    pa.field("reasons", pa.list_(pa.string())),
+    pa.field("problems", pa.list_(PROBLEM)),
+    pa.field("bar_count", pa.int32()),
+    pa.field("bar_lengths_failed", pa.list_(pa.float32())),
+    pa.field("sections", pa.list_(SECTION)),
+    pa.field("form", pa.string()),
+    pa.field("standard_form", pa.bool_()),
+    pa.field("ends_on_tonic", pa.bool_()),
+    pa.field("pickup", pa.float32()),
+]
+FINDINGS = pa.schema(FINDINGS_FIELDS)
+
+# Generated tunes with the validator's findings (validate rewrites the shards with these columns).
+VALIDATED = pa.schema(list(GENERATED) + FINDINGS_FIELDS)
+
+# The published corpus: one hive partition per volume (corpus/volume=3/part-0.parquet); "volume"
+# is the partition column, so it is not stored inside the files.
+CORPUS = pa.schema(list(VALIDATED) + [pa.field("page", pa.int32())])
+CORPUS_PARTITIONING = pa.schema([pa.field("volume", pa.int32())])
