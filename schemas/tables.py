@@ -102,3 +102,7 @@ VALIDATED = pa.schema(list(GENERATED) + FINDINGS_FIELDS)
 # is the partition column, so it is not stored inside the files.
 CORPUS = pa.schema(list(VALIDATED) + [pa.field("page", pa.int32())])
 CORPUS_PARTITIONING = pa.schema([pa.field("volume", pa.int32())])
+
+# The ingest stores the validator's findings on real tunes too, so both corpora compare on one measure.
+TUNES = pa.schema(list(TUNES) + FINDINGS_FIELDS)
+INGEST_TABLES["tunes"] = TUNES

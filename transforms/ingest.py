@@ -20,10 +20,12 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from schemas.tables import FINDINGS
 from schemas.vocab import METER_TOKENS, MODE_TOKENS, TOKEN_TO_ID
 from transforms.abc.errors import TuneRejected
 from transforms.abc.tokenize import Tokenized, tokenize_tune
 from transforms.records import RawTune, reject_row
+from transforms.validate import validate_tokens
 
 REJECTS = "rejects"
 DUPLICATES = "duplicates"
@@ -76,7 +78,14 @@ def tokenize_record(raw: RawTune, valid_fraction: float = 0.05) -> dict:
         "split": split_of(tune_id, valid_fraction),
         "encoding": raw.encoding,
         "removed": sorted(result.removed.items()),
+        **findings_columns(result.tokens),
     }
+
+
+def findings_columns(tokens: list[str], truncated: bool = False) -> dict:
+    """The validator's verdict as the FINDINGS columns of schemas.tables."""
+    row = validate_tokens(tokens, truncated=truncated).as_row()
+    return {f.name: row[f.name] for f in FINDINGS}
 
 
 def process_record(raw: RawTune, valid_fraction: float = 0.05) -> tuple[str, dict]:
