@@ -17,6 +17,7 @@ from pipeline.errors import UsageError
 # command name -> module that implements it
 COMMANDS: dict[str, str] = {
     "ingest": "pipeline.ingest",
+    "generate": "pipeline.generate",
     "demo": "pipeline.demo",
 }
 

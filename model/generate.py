@@ -1,0 +1,188 @@
+"""A generation run: tune numbers 1..N in shards of Parquet, resumable, the same locally or on Beam.
+
+A run folder holds ``manifest.json`` (what was asked, by whom, with which checkpoint and versions)
+and ``generated/part-SSSSS.parquet`` shards of ``shard_size`` consecutive tune numbers, each sorted
+by number and written atomically. A shard on disk is finished; re-running the same command skips
+it. Because every tune is reproducible by its number, a shard has the same bytes whichever runner,
+batch size or worker made it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+from schemas.tables import GENERATED
+from schemas.vocab import TOKEN_TO_ID
+
+SHARDS_DIR = "generated"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything that decides the tunes of a run (two runs with equal settings make equal tunes)."""
+
+    checkpoint_id: str
+    num_tunes: int
+    seed: int = 0
+    temperature: float = 1.0
+    prime: tuple[str, ...] = ()
+    max_tokens: int = 1000
+    top_k: int = 0
+    top_p: float = 0.0
+    dtype: str = "fp32"
+    shard_size: int = 1000
+
+    def shards(self) -> list[tuple[int, int, int]]:
+        """(shard index, first number, last number) for tunes 1..num_tunes."""
+        out = []
+        for index, start in enumerate(range(1, self.num_tunes + 1, self.shard_size)):
+            out.append((index, start, min(self.num_tunes, start + self.shard_size - 1)))
+        return out
+
+    def sample_kwargs(self) -> dict:
+        return {"seed": self.seed, "temperature": self.temperature, "prime": list(self.prime),
+                "max_tokens": self.max_tokens, "top_k": self.top_k, "top_p": self.top_p}
+
+
+@dataclass
+class Manifest:
+    settings: RunSettings
+    checkpoint: str
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+    versions: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        value = {"settings": asdict(self.settings), "checkpoint": self.checkpoint, "command": self.command,
+                 "versions": self.versions or package_versions()}
+        value["settings"]["prime"] = list(self.settings.prime)
+        return json.dumps(value, indent=2)
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("folkrnn", "torch", "numpy", "pyarrow", "apache-beam"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def shard_path(out: str, index: int) -> str:
+    return os.path.join(out, SHARDS_DIR, f"part-{index:05d}.parquet")
+
+
+def tune_row(tune, settings: RunSettings) -> dict:
+    """A GENERATED row for one sampled tune."""
+    from transforms.abc.tokenize import detokenize
+    from transforms.titles import title_for
+
+    tokens = tune.tokens
+    meter = next((t[2:] for t in tokens if t.startswith("M:")), None)
+    mode = next((t[3:] for t in tokens if t.startswith("K:C")), None)
+    title = title_for(tune.number, meter)
+    return {
+        "number": tune.number,
+        "seed": settings.seed,
+        "temperature": settings.temperature,
+        "prime": " ".join(settings.prime),
+        "checkpoint_id": settings.checkpoint_id,
+        "meter": meter,
+        "mode": mode,
+        "title": title,
+        "tokens": tokens,
+        "token_ids": [TOKEN_TO_ID[t] for t in tokens],
+        "length": len(tokens),
+        "truncated": tune.truncated,
+        "abc": detokenize(tokens, number=tune.number, title=title),
+    }
+
+
+def write_shard(path: str, rows: list[dict]) -> None:
+    """Rows sorted by number, written to a temporary name and renamed: never half a shard."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms.ingest import write_parquet_atomic
+
+    directory = os.path.dirname(path)
+    if "://" not in path:
+        os.makedirs(directory, exist_ok=True)
+    elif not FileSystems.exists(directory):
+        FileSystems.mkdirs(directory)
+    table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["number"]), schema=GENERATED)
+    write_parquet_atomic(path, table)
+
+
+def shard_done(path: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.exists(path)
+
+
+def dtype_of(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+def pick_device(name: str = "auto") -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def local_checkpoint(path: str) -> str:
+    """A local file for a checkpoint that may live on any Beam filesystem (gs:// ...)."""
+    if "://" not in path:
+        return path
+    from apache_beam.io.filesystems import FileSystems
+
+    handle, local = tempfile.mkstemp(suffix=".pt")
+    with os.fdopen(handle, "wb") as out, FileSystems.open(path) as src:
+        out.write(src.read())
+    return local
+
+
+def load_sampler(checkpoint: str, dtype: str = "fp32", device: str = "auto"):
+    from model.checkpoint import load_checkpoint
+    from model.sample import Sampler
+
+    device = pick_device(device)
+    model, _ = load_checkpoint(local_checkpoint(checkpoint), "cpu")
+    return Sampler(model, device=device, dtype=dtype_of(dtype))
+
+
+def generate_shards(sampler, settings: RunSettings, out: str, shards: list[tuple[int, int, int]],
+                    batch_size: int = 1024, progress=None) -> Iterator[str]:
+    """Sample the tunes of the given shards with one continuously refilled batch; write each shard
+    as soon as its last tune is done. Yields the paths written."""
+    pending = {index: (first, last, []) for index, first, last in shards}
+    owner = {}
+    numbers = []
+    for index, first, last in shards:
+        for number in range(first, last + 1):
+            owner[number] = index
+            numbers.append(number)
+    for tune in sampler.sample(numbers, batch_size=batch_size, **settings.sample_kwargs()):
+        index = owner[tune.number]
+        first, last, rows = pending[index]
+        rows.append(tune_row(tune, settings))
+        if progress is not None:
+            progress.update(1)
+        if len(rows) == last - first + 1:
+            path = shard_path(out, index)
+            write_shard(path, rows)
+            del pending[index]
+            yield path

@@ -1,0 +1,244 @@
+"""Batched, continuously refilled, reproducible-by-number sampling from a folk-rnn model.
+
+Tune ``n`` of a run with seed ``s`` depends only on (weights, s, n, temperature, prime, top-k/p):
+
+* randomness is counter-based: the uniform number for step ``t`` of tune ``n`` is a hash of
+  (s, n, t), so no generator stream is shared between tunes and neither the order of tunes nor
+  their batch mates change any draw;
+* the draw is an inverse-CDF lookup of that uniform in the row's own softmax;
+* every row's arithmetic is independent of the other rows. CPU GEMM kernels pick another code path
+  (with another summation order) below 16 rows, so the batch is never smaller than
+  ``MIN_ROWS``; with that, a row's logits are bitwise the same for any batch size (a test checks).
+
+Continuous batching: when a row emits ``</s>`` or reaches ``max_tokens`` its slot takes the next
+tune number at once, so the batch stays full. The step loop does no per-tune Python work: slots
+are refilled with tensor indexing, and only finished tunes leave the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from schemas.vocab import END_ID, START_ID, TOKEN_TO_ID, TOKENS
+
+MIN_ROWS = 16
+WILDCARD = "*"
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass
+class SampledTune:
+    number: int
+    token_ids: list[int]  # after <s>, without </s>; the prime included
+    truncated: bool  # stopped at max_tokens before </s>
+
+    @property
+    def tokens(self) -> list[str]:
+        return [TOKENS[i] for i in self.token_ids]
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def counter_uniform(seed: int, numbers: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """Uniform floats in [0, 1) from (seed, tune number, step): the same on any device or batch."""
+    seed_hash = _mix32(torch.tensor(seed & _MASK32, dtype=torch.int64, device=numbers.device))
+    seed_high = _mix32(torch.tensor((seed >> 32) & _MASK32, dtype=torch.int64, device=numbers.device) ^ 0x5BD1E995)
+    x = _mix32((numbers & _MASK32) ^ seed_hash)
+    x = _mix32(x ^ ((numbers >> 32) & _MASK32) ^ seed_high)
+    x = _mix32(x ^ (steps & _MASK32))
+    x = _mix32(x ^ 0x9E3779B9)
+    return (x >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def parse_prime(prime: Iterable[str] | str | None) -> list[str]:
+    """A prime as tokens: a space-separated string or a list; ``*`` marks a token the model fills."""
+    if prime is None:
+        return []
+    tokens = prime.split() if isinstance(prime, str) else list(prime)
+    unknown = [t for t in tokens if t != WILDCARD and t not in TOKEN_TO_ID]
+    if unknown:
+        raise ValueError(f"not in the vocabulary: {' '.join(unknown)}")
+    return tokens
+
+
+class Sampler:
+    """Holds a model's weights in the layout the step loop wants; samples many tunes at once.
+
+    Per step: a row lookup for layer 1's input gates, one fused (input + recurrent) matmul per
+    upper layer on a persistent [x, h] buffer, the output layer, softmax, one draw.
+    """
+
+    def __init__(self, model, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        layers = model.layers
+        self.n_layers = len(layers)
+        self.n_units = layers[0].n_units
+        with torch.no_grad():
+            first = layers[0]
+            # Layer 1: x W_x for a one-hot x is a row of W_x^T; fold the bias into that table.
+            self.input_table = (first.weight_ih.t() + first.bias).to(self.device, dtype).contiguous()
+            self.recurrent_t = [first.weight_hh.t().to(self.device, dtype).contiguous()]
+            self.stacked_t = [None]  # layers >= 2: [W_ih; W_hh]^T, (2H x 4H)
+            self.biases = [None]
+            for layer in layers[1:]:
+                stacked = torch.cat([layer.weight_ih, layer.weight_hh], 1).t()
+                self.stacked_t.append(stacked.to(self.device, dtype).contiguous())
+                self.biases.append(layer.bias.to(self.device, dtype))
+                self.recurrent_t.append(None)
+            self.h0 = [layer.h0.detach().to(self.device, dtype) for layer in layers]
+            self.c0 = [layer.c0.detach().to(self.device, torch.float32) for layer in layers]
+            self.out_t = model.out.weight.t().to(self.device, dtype).contiguous()
+            self.out_b = model.out.bias.to(self.device, dtype)
+
+    def flops_per_token(self) -> int:
+        """Multiply-adds x 2 of one step for one row (the matmuls; element-wise work excluded)."""
+        h = self.n_units
+        four_h = 4 * h
+        return 2 * (h * four_h + (self.n_layers - 1) * 2 * h * four_h + h * self.out_t.shape[1])
+
+    @torch.no_grad()
+    def sample(
+        self,
+        numbers: Iterable[int],
+        *,
+        seed: int = 0,
+        temperature: float = 1.0,
+        prime: Iterable[str] | str | None = None,
+        max_tokens: int = 1000,
+        batch_size: int = 1024,
+        top_k: int = 0,
+        top_p: float = 0.0,
+    ) -> Iterator[SampledTune]:
+        """Sample the given tune numbers; yields each tune as soon as it is finished (any order)."""
+        if not 0.01 <= temperature <= 10:
+            raise ValueError(f"temperature must be in [0.01, 10], got {temperature}")
+        prime_tokens = parse_prime(prime)
+        if len(prime_tokens) >= max_tokens:
+            raise ValueError("the prime is as long as --max-tokens")
+        queue = iter(numbers)
+        rows = max(batch_size, MIN_ROWS)
+        dev, dtype, n_units = self.device, self.dtype, self.n_units
+        # The prime as forced token ids per step (-1: the model chooses), then free choice.
+        forced = torch.tensor([TOKEN_TO_ID[t] if t != WILDCARD else -1 for t in prime_tokens] + [-1],
+                              dtype=torch.int64, device=dev)
+        n_forced = len(prime_tokens)
+
+        # Slot state. xh[k] = [input from below, own h] for layers >= 2.
+        h = [self.h0[k].expand(rows, n_units).clone() for k in range(self.n_layers)]
+        c = [self.c0[k].expand(rows, n_units).clone() for k in range(self.n_layers)]
+        xh = [None] + [torch.empty(rows, 2 * n_units, device=dev, dtype=dtype) for _ in range(1, self.n_layers)]
+        for k in range(1, self.n_layers):
+            xh[k][:, n_units:] = h[k]
+        tokens_in = torch.full((rows,), START_ID, dtype=torch.int64, device=dev)
+        slot_number = torch.full((rows,), -1, dtype=torch.int64, device=dev)
+        slot_step = torch.zeros(rows, dtype=torch.int64, device=dev)
+        output = torch.zeros(rows, max_tokens, dtype=torch.int16, device=dev)
+        arange = torch.arange(rows, device=dev)
+
+        def refill(slots: torch.Tensor) -> int:
+            """Give the listed slots the next tune numbers; returns how many got one."""
+            new_numbers = [n for _, n in zip(range(len(slots)), queue)]
+            if not new_numbers:
+                slot_number[slots] = -1
+                return 0
+            taken = slots[: len(new_numbers)]
+            slot_number[slots] = -1
+            slot_number[taken] = torch.tensor(new_numbers, dtype=torch.int64, device=dev)
+            slot_step[taken] = 0
+            tokens_in[taken] = START_ID
+            for k in range(self.n_layers):
+                h[k][taken] = self.h0[k]
+                c[k][taken] = self.c0[k]
+                if k >= 1:
+                    xh[k][taken, n_units:] = self.h0[k]
+            return len(new_numbers)
+
+        active = refill(arange)
+        inv_temperature = 1.0 / temperature
+        while active:
+            # -- one step of the network for every slot --
+            gates = torch.addmm(self.input_table[tokens_in], h[0], self.recurrent_t[0])
+            x = self._cell(gates, c, h, 0)
+            for k in range(1, self.n_layers):
+                xh[k][:, :n_units] = x
+                gates = torch.addmm(self.biases[k], xh[k], self.stacked_t[k])
+                x = self._cell(gates, c, h, k)
+                xh[k][:, n_units:] = x
+            logits = torch.addmm(self.out_b, x, self.out_t).float()
+            # -- one draw per slot --
+            if inv_temperature != 1.0:
+                logits.mul_(inv_temperature)
+            force = forced[slot_step.clamp(max=n_forced)]
+            if n_forced:
+                # a wildcard inside the prime is filled with a token, never with the end of the tune
+                wildcard = (slot_step < n_forced) & (force < 0)
+                logits[:, END_ID].masked_fill_(wildcard, float("-inf"))
+                logits[:, START_ID].masked_fill_(wildcard, float("-inf"))
+            if top_k or top_p:
+                logits = _filter_logits(logits, top_k, top_p)
+            probs = torch.softmax(logits, dim=-1)
+            cdf = probs.cumsum_(dim=-1)
+            u = counter_uniform(seed, slot_number, slot_step) * cdf[:, -1]
+            drawn = torch.searchsorted(cdf, u.unsqueeze(1), right=True).squeeze(1).clamp_(max=len(TOKENS) - 1)
+            next_token = torch.where(force >= 0, force, drawn)
+            # -- record, and hand finished slots their next tune --
+            live = slot_number >= 0
+            output[arange, slot_step.clamp(max=max_tokens - 1)] = next_token.to(torch.int16)
+            ended = live & (next_token == END_ID)
+            full = live & ~ended & (slot_step + 1 >= max_tokens)
+            done = ended | full
+            slot_step += 1
+            tokens_in = next_token
+            if bool(done.any()):
+                slots = done.nonzero().squeeze(1)
+                lengths = torch.where(ended[slots], slot_step[slots] - 1, slot_step[slots]).tolist()
+                numbers_done = slot_number[slots].tolist()
+                truncated = full[slots].tolist()
+                finished_rows = output[slots].tolist()
+                for number, length, was_truncated, row in zip(numbers_done, lengths, truncated, finished_rows):
+                    yield SampledTune(number, row[:length], was_truncated)
+                active -= len(numbers_done)
+                active += refill(slots)
+
+    def _cell(self, gates: torch.Tensor, c: list, h: list, k: int) -> torch.Tensor:
+        """LSTM cell update in place (torch gate order i, f, g, o); returns the new h."""
+        n = self.n_units
+        gates = gates.float()
+        gates[:, : 2 * n].sigmoid_()
+        gates[:, 2 * n : 3 * n].tanh_()
+        gates[:, 3 * n :].sigmoid_()
+        i, f, g, o = gates.chunk(4, 1)
+        c[k].mul_(f).addcmul_(i, g)
+        h_new = (o * torch.tanh(c[k])).to(self.dtype)
+        h[k] = h_new
+        return h_new
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        remove = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token that crosses p
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def sample_in_order(sampler: Sampler, numbers: list[int], **kwargs) -> list[SampledTune]:
+    """Sample and return the tunes in the order of ``numbers``."""
+    found = {t.number: t for t in sampler.sample(numbers, **kwargs)}
+    return [found[n] for n in numbers]

@@ -1,0 +1,61 @@
+"""The generation stage on Beam: tune-number ranges in, Parquet shards out.
+
+The same sampler and shard writer as a local run (model/generate.py), so a Beam run and a local
+run of the same settings write the same files.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from model.generate import RunSettings, generate_shards, load_sampler, shard_done, shard_path
+
+
+class _GenerateShard(beam.DoFn):
+    """Loads the checkpoint once per worker (on its GPU when it has one); samples whole shards."""
+
+    def __init__(self, checkpoint: str, settings: RunSettings, out: str, batch_size: int, device: str):
+        self.checkpoint, self.settings, self.out = checkpoint, settings, out
+        self.batch_size, self.device = batch_size, device
+        self.tunes = Metrics.counter("generate", "tunes")
+        self.shards = Metrics.counter("generate", "shards")
+
+    def setup(self) -> None:
+        self.sampler = load_sampler(self.checkpoint, self.settings.dtype, self.device)
+        logging.info("generate: sampler on %s", self.sampler.device)
+
+    def process(self, shard: tuple[int, int, int]) -> Iterator[str]:
+        index, first, last = shard
+        if shard_done(shard_path(self.out, index)):  # a retried bundle finds its work done
+            yield shard_path(self.out, index)
+            return
+        for path in generate_shards(self.sampler, self.settings, self.out, [shard], self.batch_size):
+            self.shards.inc()
+            self.tunes.inc(last - first + 1)
+            yield path
+
+
+class GenerateTunes(beam.PTransform):
+    """(shard index, first number, last number) ranges -> paths of the GENERATED Parquet shards written.
+
+    Each worker loads the checkpoint once in ``setup()`` and samples its ranges in continuously
+    refilled batches; tunes are reproducible by number, so any split of the work gives the same files.
+    """
+
+    def __init__(self, checkpoint: str, settings: RunSettings, out: str, batch_size: int = 1024,
+                 device: str = "auto"):
+        super().__init__()
+        self.checkpoint, self.settings, self.out = checkpoint, settings, out
+        self.batch_size, self.device = batch_size, device
+
+    def expand(self, shards):
+        return (
+            shards
+            | "SpreadShards" >> beam.Reshuffle()
+            | "SampleShard" >> beam.ParDo(
+                _GenerateShard(self.checkpoint, self.settings, self.out, self.batch_size, self.device))
+        )
