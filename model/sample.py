@@ -74,8 +74,11 @@ def parse_prime(prime: Iterable[str] | str | None) -> list[str]:
 class Sampler:
     """Holds a model's weights in the layout the step loop wants; samples many tunes at once.
 
-    Per step: a row lookup for layer 1's input gates, one fused (input + recurrent) matmul per
-    upper layer on a persistent [x, h] buffer, the output layer, softmax, one draw.
+    Per step: a row lookup for layer 1's input gates, then one fused (input + recurrent) matmul per
+    layer, the output layer, softmax and one draw. All layers' hidden states live side by side in
+    one buffer ``[h1 | h2 | h3]``, so layer k's input ``[h_{k-1}, h_k]`` is a view of it and no
+    step copies activations. The cell input gate g uses tanh(x) = 2 sigmoid(2x) - 1 with its
+    weights pre-scaled by 2, so one sigmoid pass covers all four gates.
     """
 
     def __init__(self, model, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -83,23 +86,26 @@ class Sampler:
         self.dtype = dtype
         layers = model.layers
         self.n_layers = len(layers)
-        self.n_units = layers[0].n_units
+        self.n_units = n = layers[0].n_units
+        scale = torch.ones(4 * n)
+        scale[2 * n : 3 * n] = 2.0  # the g gate, see the class docstring
         with torch.no_grad():
             first = layers[0]
             # Layer 1: x W_x for a one-hot x is a row of W_x^T; fold the bias into that table.
-            self.input_table = (first.weight_ih.t() + first.bias).to(self.device, dtype).contiguous()
-            self.recurrent_t = [first.weight_hh.t().to(self.device, dtype).contiguous()]
-            self.stacked_t = [None]  # layers >= 2: [W_ih; W_hh]^T, (2H x 4H)
+            self.input_table = self._prepare((first.weight_ih.t() + first.bias) * scale)
+            self.weights_t = [self._prepare(first.weight_hh.t() * scale)]
             self.biases = [None]
             for layer in layers[1:]:
-                stacked = torch.cat([layer.weight_ih, layer.weight_hh], 1).t()
-                self.stacked_t.append(stacked.to(self.device, dtype).contiguous())
-                self.biases.append(layer.bias.to(self.device, dtype))
-                self.recurrent_t.append(None)
-            self.h0 = [layer.h0.detach().to(self.device, dtype) for layer in layers]
+                stacked = torch.cat([layer.weight_ih, layer.weight_hh], 1).t()  # (2H x 4H): [x, h] @ this
+                self.weights_t.append(self._prepare(stacked * scale))
+                self.biases.append(self._prepare(layer.bias * scale))
+            self.h0 = torch.cat([layer.h0.detach() for layer in layers]).to(self.device, dtype)
             self.c0 = [layer.c0.detach().to(self.device, torch.float32) for layer in layers]
-            self.out_t = model.out.weight.t().to(self.device, dtype).contiguous()
-            self.out_b = model.out.bias.to(self.device, dtype)
+            self.out_t = self._prepare(model.out.weight.t())
+            self.out_b = self._prepare(model.out.bias)
+
+    def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach().to(self.device, self.dtype).contiguous()
 
     def flops_per_token(self) -> int:
         """Multiply-adds x 2 of one step for one row (the matmuls; element-wise work excluded)."""
@@ -128,18 +134,18 @@ class Sampler:
             raise ValueError("the prime is as long as --max-tokens")
         queue = iter(numbers)
         rows = max(batch_size, MIN_ROWS)
-        dev, dtype, n_units = self.device, self.dtype, self.n_units
+        dev, dtype, n = self.device, self.dtype, self.n_units
+        n_layers = self.n_layers
         # The prime as forced token ids per step (-1: the model chooses), then free choice.
         forced = torch.tensor([TOKEN_TO_ID[t] if t != WILDCARD else -1 for t in prime_tokens] + [-1],
                               dtype=torch.int64, device=dev)
         n_forced = len(prime_tokens)
 
-        # Slot state. xh[k] = [input from below, own h] for layers >= 2.
-        h = [self.h0[k].expand(rows, n_units).clone() for k in range(self.n_layers)]
-        c = [self.c0[k].expand(rows, n_units).clone() for k in range(self.n_layers)]
-        xh = [None] + [torch.empty(rows, 2 * n_units, device=dev, dtype=dtype) for _ in range(1, self.n_layers)]
-        for k in range(1, self.n_layers):
-            xh[k][:, n_units:] = h[k]
+        hidden = self.h0.expand(rows, n_layers * n).clone()  # [h1 | h2 | ...]
+        cells = [self.c0[k].expand(rows, n).clone() for k in range(n_layers)]
+        gates = torch.empty(rows, 4 * n, device=dev, dtype=dtype)
+        tanh_c = torch.empty(rows, n, device=dev, dtype=torch.float32)
+        logits = torch.empty(rows, self.out_t.shape[1], device=dev, dtype=dtype)
         tokens_in = torch.full((rows,), START_ID, dtype=torch.int64, device=dev)
         slot_number = torch.full((rows,), -1, dtype=torch.int64, device=dev)
         slot_step = torch.zeros(rows, dtype=torch.int64, device=dev)
@@ -148,47 +154,43 @@ class Sampler:
 
         def refill(slots: torch.Tensor) -> int:
             """Give the listed slots the next tune numbers; returns how many got one."""
-            new_numbers = [n for _, n in zip(range(len(slots)), queue)]
+            new_numbers = [number for _, number in zip(range(len(slots)), queue)]
+            slot_number[slots] = -1
             if not new_numbers:
-                slot_number[slots] = -1
                 return 0
             taken = slots[: len(new_numbers)]
-            slot_number[slots] = -1
             slot_number[taken] = torch.tensor(new_numbers, dtype=torch.int64, device=dev)
             slot_step[taken] = 0
             tokens_in[taken] = START_ID
-            for k in range(self.n_layers):
-                h[k][taken] = self.h0[k]
-                c[k][taken] = self.c0[k]
-                if k >= 1:
-                    xh[k][taken, n_units:] = self.h0[k]
+            hidden[taken] = self.h0
+            for k in range(n_layers):
+                cells[k][taken] = self.c0[k]
             return len(new_numbers)
 
         active = refill(arange)
         inv_temperature = 1.0 / temperature
         while active:
             # -- one step of the network for every slot --
-            gates = torch.addmm(self.input_table[tokens_in], h[0], self.recurrent_t[0])
-            x = self._cell(gates, c, h, 0)
-            for k in range(1, self.n_layers):
-                xh[k][:, :n_units] = x
-                gates = torch.addmm(self.biases[k], xh[k], self.stacked_t[k])
-                x = self._cell(gates, c, h, k)
-                xh[k][:, n_units:] = x
-            logits = torch.addmm(self.out_b, x, self.out_t).float()
+            torch.index_select(self.input_table, 0, tokens_in, out=gates)
+            gates.addmm_(hidden[:, :n], self.weights_t[0])
+            self._cell(gates, cells[0], tanh_c, hidden[:, :n])
+            for k in range(1, n_layers):
+                torch.addmm(self.biases[k], hidden[:, (k - 1) * n : (k + 1) * n], self.weights_t[k], out=gates)
+                self._cell(gates, cells[k], tanh_c, hidden[:, k * n : (k + 1) * n])
+            torch.addmm(self.out_b, hidden[:, (n_layers - 1) * n :], self.out_t, out=logits)
+            scores = logits.float()
             # -- one draw per slot --
             if inv_temperature != 1.0:
-                logits.mul_(inv_temperature)
+                scores = scores * inv_temperature
             force = forced[slot_step.clamp(max=n_forced)]
             if n_forced:
                 # a wildcard inside the prime is filled with a token, never with the end of the tune
                 wildcard = (slot_step < n_forced) & (force < 0)
-                logits[:, END_ID].masked_fill_(wildcard, float("-inf"))
-                logits[:, START_ID].masked_fill_(wildcard, float("-inf"))
+                scores[:, END_ID].masked_fill_(wildcard, float("-inf"))
+                scores[:, START_ID].masked_fill_(wildcard, float("-inf"))
             if top_k or top_p:
-                logits = _filter_logits(logits, top_k, top_p)
-            probs = torch.softmax(logits, dim=-1)
-            cdf = probs.cumsum_(dim=-1)
+                scores = _filter_logits(scores, top_k, top_p)
+            cdf = torch.softmax(scores, dim=-1).cumsum_(dim=-1)
             u = counter_uniform(seed, slot_number, slot_step) * cdf[:, -1]
             drawn = torch.searchsorted(cdf, u.unsqueeze(1), right=True).squeeze(1).clamp_(max=len(TOKENS) - 1)
             next_token = torch.where(force >= 0, force, drawn)
@@ -211,18 +213,16 @@ class Sampler:
                 active -= len(numbers_done)
                 active += refill(slots)
 
-    def _cell(self, gates: torch.Tensor, c: list, h: list, k: int) -> torch.Tensor:
-        """LSTM cell update in place (torch gate order i, f, g, o); returns the new h."""
+    def _cell(self, gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, h_out: torch.Tensor) -> None:
+        """LSTM cell update in place (gate order i, f, g, o; g pre-scaled); writes h into ``h_out``."""
         n = self.n_units
-        gates = gates.float()
-        gates[:, : 2 * n].sigmoid_()
-        gates[:, 2 * n : 3 * n].tanh_()
-        gates[:, 3 * n :].sigmoid_()
-        i, f, g, o = gates.chunk(4, 1)
-        c[k].mul_(f).addcmul_(i, g)
-        h_new = (o * torch.tanh(c[k])).to(self.dtype)
-        h[k] = h_new
-        return h_new
+        g32 = gates.float()  # a no-op in fp32; bf16 gates are activated in fp32
+        g32.sigmoid_()
+        i, f, g, o = g32[:, :n], g32[:, n : 2 * n], g32[:, 2 * n : 3 * n], g32[:, 3 * n :]
+        g.mul_(2.0).sub_(1.0)  # tanh(x) = 2 sigmoid(2x) - 1
+        c.mul_(f).addcmul_(i, g)
+        torch.tanh(c, out=tanh_c)
+        torch.mul(o, tanh_c, out=h_out)
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
