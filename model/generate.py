@@ -79,7 +79,9 @@ def package_versions() -> dict:
 
 
 def shard_path(out: str, index: int) -> str:
-    return os.path.join(out, SHARDS_DIR, f"part-{index:05d}.parquet")
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(out, SHARDS_DIR, f"part-{index:05d}.parquet")
 
 
 def tune_row(tune, settings: RunSettings) -> dict:
@@ -114,10 +116,8 @@ def write_shard(path: str, rows: list[dict]) -> None:
 
     from transforms.ingest import write_parquet_atomic
 
-    directory = os.path.dirname(path)
-    if "://" not in path:
-        os.makedirs(directory, exist_ok=True)
-    elif not FileSystems.exists(directory):
+    directory = FileSystems.split(path)[0]
+    if not FileSystems.exists(directory):
         FileSystems.mkdirs(directory)
     table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["number"]), schema=GENERATED)
     write_parquet_atomic(path, table)

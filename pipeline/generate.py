@@ -147,38 +147,41 @@ def print_numbers(args: argparse.Namespace, settings) -> int:
 
 
 def generate_run(args: argparse.Namespace, settings) -> int:
-    from model.generate import Manifest, shard_done, shard_path
+    from apache_beam.io.filesystems import FileSystems
+
+    from model.generate import SHARDS_DIR, Manifest, shard_done, shard_path
+    from transforms.ingest import write_json_atomic
 
     out = args.out
-    manifest_path = os.path.join(out, "manifest.json")
+    manifest_path = FileSystems.join(out, "manifest.json")
     manifest = Manifest(settings, args.checkpoint)
-    if os.path.exists(manifest_path) and not args.overwrite:
-        with open(manifest_path, encoding="utf-8") as handle:
-            earlier = json.load(handle)["settings"]
-        now = json.loads(manifest.to_json())["settings"]
-        if earlier != now:
-            changed = ", ".join(k for k in now if earlier.get(k) != now[k])
+    now = json.loads(manifest.to_json())
+    shards_dir = FileSystems.join(out, SHARDS_DIR)
+    if FileSystems.exists(manifest_path) and not args.overwrite:
+        with FileSystems.open(manifest_path) as handle:
+            earlier = json.loads(handle.read().decode("utf-8"))["settings"]
+        if earlier != now["settings"]:
+            changed = ", ".join(k for k in now["settings"] if earlier.get(k) != now["settings"][k])
             raise UsageError(f"{out} holds a run with other settings ({changed}); use another --out, or "
                              "--overwrite to replace it")
-    elif args.overwrite and os.path.isdir(os.path.join(out, "generated")):
-        for name in os.listdir(os.path.join(out, "generated")):
-            os.remove(os.path.join(out, "generated", name))
-    os.makedirs(os.path.join(out, "generated"), exist_ok=True)
-    temporary = manifest_path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(manifest.to_json())
-    os.replace(temporary, manifest_path)
+    elif args.overwrite and FileSystems.exists(shards_dir):
+        found = FileSystems.match([FileSystems.join(shards_dir, "part-*")])[0].metadata_list
+        if found:
+            FileSystems.delete([m.path for m in found])
+    if not FileSystems.exists(shards_dir):
+        FileSystems.mkdirs(shards_dir)
+    write_json_atomic(manifest_path, now)
 
     todo = [s for s in settings.shards() if not shard_done(shard_path(out, s[0]))]
     done_tunes = settings.num_tunes - sum(last - first + 1 for _, first, last in todo)
     if not todo:
-        print(f"generate: all {settings.num_tunes} tunes already in {out}/generated (nothing to do)")
+        print(f"generate: all {settings.num_tunes} tunes already in {shards_dir} (nothing to do)")
         return 0
     if has_flag(args.beam_args, "--runner"):
         run_on_beam(args, settings, todo)
     else:
         run_locally(args, settings, todo, done_tunes)
-    print(f"generate: {settings.num_tunes} tunes in {out}/generated ({len(settings.shards())} shards), "
+    print(f"generate: {settings.num_tunes} tunes in {shards_dir} ({len(settings.shards())} shards), "
           f"manifest {manifest_path}")
     return 0
 
