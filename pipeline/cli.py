@@ -17,6 +17,8 @@ from pipeline.errors import UsageError
 # command name -> module that implements it
 COMMANDS: dict[str, str] = {
     "ingest": "pipeline.ingest",
+    "train": "pipeline.train",
+    "import-folkrnn": "pipeline.importer",
     "generate": "pipeline.generate",
     "demo": "pipeline.demo",
 }

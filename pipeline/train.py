@@ -1,0 +1,134 @@
+"""``folkrnn train``: train the folk-rnn v2 network on the ingest's tunes (or a folk-rnn text file)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pipeline.errors import UsageError
+
+HELP = "Train the folk-rnn v2 LSTM on tokenized tunes (resumable; checkpoints, metrics.csv, loss.png)"
+
+# Options a resumed run may change; the others come from the checkpoint.
+RESUME_MAY_CHANGE = ("max_epochs", "max_steps", "checkpoint_every", "device", "precision")
+MODEL_OPTIONS = {"layers": "n_layers", "units": "n_units", "dropout": "dropout"}
+TRAIN_OPTIONS = ("batch_size", "lr", "seed", "checkpoint_every", "valid_fraction", "clip_mode", "clip", "max_epochs",
+                 "max_steps", "device", "precision")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", nargs="?", default="out/ingest",
+                        help="the ingest's output folder (tunes/*.parquet), a Parquet file, or a folk-rnn text "
+                             "file: per tune an M: line, a K: line and a token line, tunes separated by a blank "
+                             "line (default: out/ingest)")
+    parser.add_argument("--out", default="out/train",
+                        help="run folder: checkpoints/last.pt and best.pt, metrics.csv, loss.png (default: out/train)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUT exactly where OUT/checkpoints/last.pt left it")
+    parser.add_argument("--resume-from", default=None, metavar="CKPT",
+                        help="continue from another checkpoint of `folkrnn train`, writing to OUT")
+    model = parser.add_argument_group("model (defaults: folk-rnn v2)")
+    model.add_argument("--layers", type=int, default=None, help="LSTM layers (default 3)")
+    model.add_argument("--units", type=int, default=None, help="units per LSTM layer (default 512)")
+    model.add_argument("--dropout", type=float, default=None, help="dropout after each LSTM layer (default 0.5)")
+    opt = parser.add_argument_group("training (defaults: folk-rnn v2's config5)")
+    opt.add_argument("--max-epochs", type=int, default=None, help="epochs (default 100)")
+    opt.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all (for quick runs)")
+    opt.add_argument("--batch-size", type=int, default=None, help="tunes per batch (default 64)")
+    opt.add_argument("--lr", type=float, default=None, help="RMSprop learning rate (default 0.003)")
+    opt.add_argument("--clip-mode", choices=["norm", "elementwise"], default=None,
+                     help="norm (default): rescale the whole gradient to L2 norm <= --clip, fused kernels. "
+                          "elementwise: the original's recipe, slower: clip every gate's gradient to "
+                          "[-clip, clip] at every step, loss summed per tune, Lasagne's RMSprop")
+    opt.add_argument("--clip", type=float, default=None, help="clipping threshold (default 5)")
+    opt.add_argument("--seed", type=int, default=None, help="seed of initialisation, dropout and data order (default 42)")
+    opt.add_argument("--checkpoint-every", type=int, default=None,
+                     help="steps between checkpoints, besides each epoch end (default 200; 0: epoch ends only)")
+    opt.add_argument("--valid-fraction", type=float, default=None,
+                     help="share of tunes held out, for folk-rnn text input only (Parquet has a split column; "
+                          "default 0.05)")
+    opt.add_argument("--device", default=None, help="auto (CUDA when present, default), cpu, cuda, cuda:1 ...")
+    opt.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default=None,
+                     help="fp32 (default); tf32 matmuls on CUDA; bf16 autocast")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: all cores); 1 is faster on a machine busy with "
+                             "other work, where waiting for a descheduled thread stalls every small op")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _given(args: argparse.Namespace, name: str) -> bool:
+    return getattr(args, name, None) is not None
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    for name in ("layers", "units", "batch_size", "max_epochs", "threads"):
+        if _given(args, name) and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("max_steps", "checkpoint_every"):
+        if _given(args, name) and getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+    if _given(args, "dropout") and not 0 <= args.dropout < 1:
+        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if _given(args, "valid_fraction") and not 0 <= args.valid_fraction < 1:
+        raise UsageError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
+    if _given(args, "lr") and args.lr <= 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    from model.data import load_tunes
+    from model.network import ModelConfig
+    from model.train import TrainConfig, checkpoint_paths, train
+
+    last_path, _ = checkpoint_paths(args.out)
+    resume = None
+    resume_from = getattr(args, "resume_from", None)
+    if getattr(args, "resume", False) or resume_from:
+        resume = resume_from or last_path
+        if not os.path.exists(resume):
+            raise UsageError(f"nothing to resume: no checkpoint at {resume}")
+    elif os.path.exists(last_path):
+        raise UsageError(f"{args.out} already holds a training run ({last_path}): add --resume to continue it, "
+                         "or choose another --out")
+
+    cfg, model_config = TrainConfig(), ModelConfig()
+    if resume is not None:
+        from model.checkpoint import read_payload
+
+        payload = read_payload(resume)
+        if payload.get("train_state") is None:
+            raise UsageError(f"{resume} holds weights but no training state (an imported model?); it can be "
+                             "sampled from but not resumed")
+        cfg = TrainConfig.from_dict(payload["train_state"]["train_config"])
+        model_config = ModelConfig.from_dict(payload["model_config"])
+        # Repeating the original command with --resume is fine; changing what the checkpoint fixes is not.
+        changed = [f"--{option} {getattr(args, option)} (checkpoint: {getattr(model_config, field)})"
+                   for option, field in MODEL_OPTIONS.items()
+                   if _given(args, option) and getattr(args, option) != getattr(model_config, field)]
+        changed += [f"--{name.replace('_', '-')} {getattr(args, name)} (checkpoint: {getattr(cfg, name)})"
+                    for name in TRAIN_OPTIONS
+                    if name not in RESUME_MAY_CHANGE and _given(args, name) and getattr(args, name) != getattr(cfg, name)]
+        if changed:
+            raise UsageError("cannot change on --resume: " + ", ".join(changed) + "; only "
+                             + ", ".join(f"--{n.replace('_', '-')}" for n in RESUME_MAY_CHANGE) + " can")
+    for name in TRAIN_OPTIONS:
+        if _given(args, name):
+            setattr(cfg, name, getattr(args, name))
+    for option, field in MODEL_OPTIONS.items():
+        if _given(args, option):
+            setattr(model_config, field, getattr(args, option))
+
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    data = load_tunes(args.data, cfg.valid_fraction)
+    summary = train(data, args.out, model_config, cfg, resume=resume, progress=not getattr(args, "quiet", False))
+    best = summary["best_valid_loss"]
+    print(f"train: {summary['step']} steps, {summary['epoch']} epochs, {summary['elapsed_s']:.1f} s of training"
+          + (f"; best valid {best:.4f} nats/token" if best is not None else "")
+          + f" ({summary['stopped_by'].replace('_', ' ')})")
+    print(f"written to {args.out}/: checkpoints/last.pt" + (", checkpoints/best.pt" if summary["best"] else "")
+          + ", metrics.csv, loss.png")
+    return 0
