@@ -45,26 +45,31 @@ class TuneSet:
         return sum(len(t) + 1 for t in getattr(self, split))
 
 
-def load_tunes(path: str, valid_fraction: float = 0.05) -> TuneSet:
+def load_tunes(path: str, valid_fraction: float = 0.05, only_valid: bool = False) -> TuneSet:
     """Read the ingest's Parquet (a folder or file; its ``split`` column decides) or a folk-rnn
-    text file (split deterministically by content hash with ``valid_fraction``)."""
+    text file (split deterministically by content hash with ``valid_fraction``). ``only_valid``
+    keeps the Parquet tunes the validator passed (its ``valid`` column)."""
     if not os.path.exists(path):
         raise UsageError(f"no such file or folder: {path} (give the ingest's output folder, a Parquet "
                          "file, or a folk-rnn text file)")
     if os.path.isdir(path) or path.endswith(".parquet"):
-        return read_parquet_tunes(path)
+        return read_parquet_tunes(path, only_valid)
+    if only_valid:
+        raise UsageError("--only-valid needs the ingest's Parquet (it has the validator's verdicts)")
     train, valid = split_by_hash(read_folkrnn_text(path), valid_fraction)
     return TuneSet(train=train, valid=valid, source=path)
 
 
-def read_parquet_tunes(path: str) -> TuneSet:
+def read_parquet_tunes(path: str, only_valid: bool = False) -> TuneSet:
     """Tunes of the ingest's ``TUNES`` table: ``token_ids`` and ``split`` columns."""
     import pyarrow.parquet as pq
 
     if os.path.isdir(path) and os.path.isdir(os.path.join(path, "tunes")):
         path = os.path.join(path, "tunes")  # the ingest's --out folder
     try:
-        table = pq.read_table(path, columns=["token_ids", "split"])
+        table = pq.read_table(path, columns=["token_ids", "split"] + (["valid"] if only_valid else []))
+        if only_valid:
+            table = table.filter(table.column("valid").fill_null(False))
     except Exception as err:  # pyarrow raises several types; all mean "not the ingest's tunes"
         raise UsageError(f"cannot read tunes from {path}: {err} (expected the ingest's tunes/*.parquet)") from None
     ids = table.column("token_ids").to_pylist()

@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: all cores); 1 is faster on a machine busy with "
                              "other work, where waiting for a descheduled thread stalls every small op")
+    parser.add_argument("--only-valid", action="store_true",
+                        help="train only on tunes the validator passed (ingest Parquet's valid column)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    data = load_tunes(args.data, cfg.valid_fraction)
+    data = load_tunes(args.data, cfg.valid_fraction, only_valid=getattr(args, "only_valid", False))
     summary = train(data, args.out, model_config, cfg, resume=resume, progress=not getattr(args, "quiet", False))
     best = summary["best_valid_loss"]
     print(f"train: {summary['step']} steps, {summary['epoch']} epochs, {summary['elapsed_s']:.1f} s of training"
