@@ -1,8 +1,8 @@
 """Speed of the pure tune validator (transforms.validate.validate_tokens) on one core.
 
 The tunes are made here from hand-written bar rhythms and forms (reels, jigs with pickups and
-endings, waltzes, hornpipes with tuplets and broken rhythms, polkas, slip jigs, slides, 3/2
-hornpipes), filled with pitches by a seeded generator: deterministic, no data files, and
+endings, waltzes, airs whose double bar splits a bar, hornpipes with tuplets and broken
+rhythms, polkas, slip jigs, slides, 3/2 hornpipes), filled with pitches by a seeded generator: deterministic, no data files, and
 every tune is checked to be valid before it is timed.
 """
 
@@ -80,7 +80,15 @@ def through(meter: str, rng: random.Random) -> list[str]:
     return ["|", *join(bars(meter, 15, rng) + [final_bar(meter)]), "|"]
 
 
-FORMS = (aabb, jig_with_pickup, through)
+def lost_double_bar(meter: str, rng: random.Random) -> list[str]:
+    """An air in two parts whose ``||`` the tokens lost: the A part's short last bar and the B
+    part's pickup split a bar at a plain bar line (O'Neill's writes many tunes so)."""
+    a = bars(meter, 7, rng) + [final_bar(meter, 1)]
+    b = bars(meter, 7, rng) + [final_bar(meter, 1)]
+    return [rng.choice(PITCHES), "|", *join(a), "|", rng.choice(PITCHES), "|", *join(b), "|"]
+
+
+FORMS = (aabb, jig_with_pickup, through, lost_double_bar)
 
 
 def make_tunes(n: int, seed: int = 1) -> list[list[str]]:

@@ -20,6 +20,11 @@ COMMANDS: dict[str, str] = {
     "train": "pipeline.train",
     "import-folkrnn": "pipeline.importer",
     "generate": "pipeline.generate",
+    "validate": "pipeline.validate",
+    "compare": "pipeline.compare",
+    "compile": "pipeline.compile",
+    "query": "pipeline.query",
+    "stats": "pipeline.stats",
     "demo": "pipeline.demo",
 }
 

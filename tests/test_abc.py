@@ -433,3 +433,7 @@ def test_every_kept_token_is_in_the_vocabulary():
         except TuneRejected:
             continue
         assert all(t in TOKEN_TO_ID for t in tokens)
+
+
+def test_invisible_bar_lines_are_dropped():
+    assert body_tokens(tune("AB[|]:|cd|")) == ["A", "B", ":|", "c", "d", "|"]

@@ -30,6 +30,24 @@ Choices the rules leave open, made here:
 * A second ending ends at the next section sign, at the end of the tune, or once it has as
   many bars as the first ending.
 * Consecutive bar tokens (``:| |:``, ``:| |2``) form one bar line.
+
+Bar lengths. A bar longer than the meter is always wrong. A short bar is fine when it is:
+
+* the tune's first bar (the pickup), whether or not the last bar completes it;
+* half of a bar split by a repeat sign (``d 4 :| |: e 4`` in 4/4);
+* half of a bar split by a section boundary the tokens cannot show: two short bars that add
+  up to one full bar, either side of a plain ``|``, with full bars around them. The ingest
+  writes ``||`` as ``|`` (the vocabulary has no double bar), so ``... D 2 z || A | ...`` in 2/4
+  arrives as ``D 2 z | A``; the plain bar line then starts a new section, as ``||`` would;
+* a section's first bar right after a repeat sign (the section's pickup, like the tune's);
+* a section's (or ending's) last bar that completes the tune's pickup or a section's first
+  bar, or a section's first bar that such a last bar completes.
+
+Still flagged on purpose, although real collections have them (the ground truth in
+tests/test_validate_groundtruth.py counts them): a last bar written short with nothing to
+complete (``D 3 D 2 :|`` in 6/8 with no pickup; the final note lacks its full value); a bar of
+exactly two bars (a missing bar line); a mid-tune bar a note short or long; a bar whose
+``(5`` was meant as five in the time of four. In generated tunes each is a real mistake.
 """
 
 from __future__ import annotations
@@ -167,6 +185,11 @@ def _pitch_info(token: str) -> tuple[int, bool]:
 
 _PITCH_HEIGHT: dict[str, int] = {t: _pitch_info(t)[0] for t in PITCH_TOKENS}
 _TONIC: frozenset[str] = frozenset(t for t in PITCH_TOKENS if _pitch_info(t)[1])
+
+
+def pitch_height(token: str) -> int | None:
+    """Semitones above ``C`` of a pitch token (``c`` is 12, ``^F,`` is -6), None for other tokens."""
+    return _PITCH_HEIGHT.get(token)
 
 
 # --- Results -----------------------------------------------------------------------------------
@@ -444,20 +467,26 @@ class _Section:
 
 
 class _Structure:
-    """Cuts the tune into sections at its repeat signs, reporting structure problems.
+    """Cuts the tune into sections at its repeat signs (and lost double bars), reporting
+    structure problems.
 
     Bar-line group b follows segment b, so a section boundary at group b means the section
-    ends with segment b and the next one starts with segment b + 1.
+    ends with segment b and the next one starts with segment b + 1. Pickups (the tune's, the
+    second halves of split bars, short bars after a repeat sign) are not bars when counting a
+    section's or ending's bars.
     """
 
-    def __init__(self, scan: _Scan, pickup: int, problems: list):
+    def __init__(self, scan: _Scan, pickups: set[int], breaks: set[int], problems: list):
         self.scan = scan
-        self.pickup = pickup  # segment index of the tune's pickup, or -1
+        self.breaks = breaks  # plain bar-line groups that stand for a lost double bar
         self.problems = problems
-        # nonempty[j]: segments with notes among the first j, i.e. the written bar index of j.
+        # nonempty[j]: segments with notes among the first j, i.e. the written bar index of j;
+        # counted[j]: the same without pickups.
         self.nonempty = [0]
-        for n in scan.elements:
+        self.counted = [0]
+        for j, n in enumerate(scan.elements):
             self.nonempty.append(self.nonempty[-1] + (n > 0))
+            self.counted.append(self.counted[-1] + (n > 0 and j not in pickups))
         self.sections: list[_Section] = []
         self.cur = _Section(start=0)
 
@@ -466,17 +495,19 @@ class _Structure:
             cur = self.cur
             if cur.phase == _E2 and self.count(cur.e2_start, b) >= self.count(*cur.e1):
                 self.close(b)  # the second ending is as long as the first: it is over
+            if b in self.breaks:
+                self.double_bar(b)
+                continue
             for offset, t in enumerate(bar_tokens):
                 getattr(self, _BAR_ACTION[t])(b, first_token + offset)
         self.finish(len(self.scan.ticks) - 1)
         return self.sections
 
     def count(self, first: int, last: int) -> int:
-        """Segments with notes in [first, last], the tune's pickup left out."""
+        """Segments with notes in [first, last], pickups left out."""
         if last < first:
             return 0
-        n = self.nonempty[last + 1] - self.nonempty[first]
-        return n - (1 if first <= self.pickup <= last else 0)
+        return self.counted[last + 1] - self.counted[first]
 
     def report(self, code: str, segment: int, token: int, message: str) -> None:
         self.problems.append(_problem(code, self.nonempty[segment], token, message))
@@ -494,6 +525,13 @@ class _Structure:
 
     def bar(self, b: int, i: int) -> None:
         pass
+
+    def double_bar(self, b: int) -> None:
+        """A section boundary the tokens lost (``||`` became ``|``): like a written one, it
+        ends a second ending or a section that no open ``|:`` holds together."""
+        cur = self.cur
+        if cur.phase == _E2 or (cur.phase == _BODY and cur.opened_at < 0 and self.count(cur.start, b)):
+            self.close(b)
 
     def end_repeat(self, b: int, i: int) -> None:
         cur = self.cur
@@ -569,6 +607,12 @@ def _splits(groups: list, a: int, c: int) -> bool:
     return bool(signs & {":|", "|:"}) and not signs & {"|1", "|2"}
 
 
+def _lead_ins(scan: _Scan, with_notes: list[int], full: int) -> set[int]:
+    """Short bars right after a repeat sign (not an ending), the last bar excepted: a section's
+    pickup, which needs no completion any more than the tune's does (``g4 :| |: B4 | e2ef``)."""
+    return {f for f in with_notes[1:-1] if scan.ticks[f] < full and _splits(scan.groups, f - 1, f)}
+
+
 def _last_with_notes(scan: _Scan, first: int, last: int) -> int:
     for j in range(last, first - 1, -1):
         if scan.elements[j]:
@@ -576,15 +620,35 @@ def _last_with_notes(scan: _Scan, first: int, last: int) -> int:
     return -1
 
 
+def _split_at_plain_bars(scan: _Scan, with_notes: list[int], full: int) -> dict[int, int]:
+    """{a: c} for short bars a, c either side of a plain bar line that add up to one full bar,
+    with a full bar before a and after c.
+
+    That is a bar split by a section boundary whose double bar the tokens cannot show (the
+    ingest writes ``||`` as ``|``, e.g. ``... d2 z || A | ...``): the second half is the next
+    section's pickup. The full neighbours keep it from excusing a tune barred in half bars,
+    a misplaced bar line after the pickup, or a short last bar.
+    """
+    ticks = scan.ticks
+    out = {}
+    for before, a, c, after in zip(with_notes, with_notes[1:], with_notes[2:], with_notes[3:]):
+        if (ticks[before] == full and ticks[after] == full and c == a + 1
+                and ticks[a] < full and ticks[c] < full and ticks[a] + ticks[c] == full
+                and scan.groups[a][1] == ["|"]):
+            out[a] = c
+    return out
+
+
 def _classify_bars(
-    scan: _Scan, sections: list[_Section], full: int, pickup: int
+    scan: _Scan, sections: list[_Section], full: int, pickup: int, split: dict[int, int], lead_ins: set[int]
 ) -> tuple[set[int], set[int]]:
     """(segments too short, segments that are pickups) by the rules of the module docstring.
 
     A short bar is fine when it is the tune's first (the pickup); when it and its neighbour
-    across a repeat sign make one full bar (the second half is then a pickup); when it ends a
-    section (or an ending) and completes the tune's pickup or a section's first bar; or when
-    it starts a section and such an end completes it.
+    across a repeat sign, or across a lost double bar (``split``), make one full bar (the
+    second half is then a pickup); when it starts a section right after a repeat sign; when it
+    ends a section (or an ending) and completes the tune's pickup or a section's first bar;
+    or when it starts a section and such an end completes it.
     """
     ticks = scan.ticks
     with_notes = [j for j, n in enumerate(scan.elements) if n]
@@ -593,6 +657,9 @@ def _classify_bars(
     if pickup >= 0:
         short.discard(pickup)
         pickups.add(pickup)
+    for a, c in split.items():
+        short -= {a, c}
+        pickups.add(c)
     for a, c in zip(with_notes, with_notes[1:]):
         if a in short and c in short and ticks[a] + ticks[c] == full and _splits(scan.groups, a, c):
             short -= {a, c}
@@ -601,7 +668,7 @@ def _classify_bars(
     ends = [_section_ends(scan, s) for s in sections]
     for si, f in enumerate(firsts):
         candidates = ends[si] + (ends[si - 1] if si else [])
-        if f in short and any(e != f and ticks[e] + ticks[f] == full for e in candidates):
+        if f in short and (f in lead_ins or any(e != f and ticks[e] + ticks[f] == full for e in candidates)):
             short.discard(f)
             pickups.add(f)
     for si, section_ends in enumerate(ends):
@@ -622,6 +689,18 @@ def _section_ends(scan: _Scan, section: _Section) -> list[int]:
 
 
 # --- Putting it together -------------------------------------------------------------------------
+def bar_lengths(tokens: Sequence[str]) -> list[Fraction]:
+    """The length of every written bar (those with notes), exactly, in units of L:1/8.
+
+    The measure the bar rules use, for cross-checks against other implementations.
+    """
+    tokens = tokens.split() if isinstance(tokens, str) else list(tokens)
+    problems: list = []
+    meter, _, start = _parse_header(tokens, problems)
+    scan = _scan(tokens, start, _index_of_end(tokens, start), meter in _COMPOUND_METERS, problems)
+    return [Fraction(t) / U for t, n in zip(scan.ticks, scan.elements) if n]
+
+
 def validate_tokens(tokens: Sequence[str], truncated: bool = False) -> Findings:
     """Check one tune's tokens (``M:.. K:.. body``, with or without ``<s>``/``</s>``).
 
@@ -676,12 +755,15 @@ def _shape(scan: _Scan, full: int | None, problems: list, findings: Findings) ->
     with_notes = [j for j, n in enumerate(scan.elements) if n]
     # A short first bar is a pickup, unless it is all there is.
     pickup = with_notes[0] if full and len(with_notes) > 1 and scan.ticks[with_notes[0]] < full else -1
-    structure = _Structure(scan, pickup, problems)
+    split = _split_at_plain_bars(scan, with_notes, full) if full else {}
+    lead_ins = _lead_ins(scan, with_notes, full) if full else set()
+    # Pickups are no bars: so ":| e 2 |: f 8" does not make "e 2" a section of its own.
+    pickups: set[int] = {pickup, *split.values(), *lead_ins} - {-1}
+    structure = _Structure(scan, pickups, set(split), problems)
     sections = structure.run()
     short: set[int] = set()
-    pickups: set[int] = {pickup} if pickup >= 0 else set()
     if full:
-        short, pickups = _classify_bars(scan, sections, full, pickup)
+        short, pickups = _classify_bars(scan, sections, full, pickup, split, lead_ins)
         for j in with_notes:
             if scan.ticks[j] > full or j in short:
                 code = "bar_too_long" if scan.ticks[j] > full else "bar_too_short"
@@ -719,48 +801,74 @@ def _ends_on_tonic(scan: _Scan, first: int, last: int) -> bool:
 
 
 # --- Summaries -----------------------------------------------------------------------------------
+class SummaryTally:
+    """The counts behind ``summarize``, added tune by tune; tallies of shards or workers merge."""
+
+    def __init__(self) -> None:
+        self.total = self.valid = self.standard = self.tonic = 0
+        self.by_meter: dict[str, list[int]] = {}  # name -> [tunes, valid]
+        self.by_mode: dict[str, list[int]] = {}
+        self.reasons: Counter[str] = Counter()
+        self.forms: Counter[str] = Counter()
+
+    def add(self, f: Findings | dict) -> None:
+        get = f.get if isinstance(f, dict) else lambda k, _f=f: getattr(_f, k, None)
+        ok = bool(get("valid"))
+        self.total += 1
+        self.valid += ok
+        self.standard += bool(get("standard_form"))
+        self.tonic += bool(get("ends_on_tonic"))
+        for table, key in ((self.by_meter, get("meter")), (self.by_mode, get("mode"))):
+            counts = table.setdefault(str(key) if key is not None else "?", [0, 0])
+            counts[0] += 1
+            counts[1] += ok
+        self.reasons.update(get("reasons") or [])
+        self.forms[get("form") or ""] += 1
+
+    def merge(self, other: SummaryTally) -> SummaryTally:
+        self.total += other.total
+        self.valid += other.valid
+        self.standard += other.standard
+        self.tonic += other.tonic
+        for mine, theirs in ((self.by_meter, other.by_meter), (self.by_mode, other.by_mode)):
+            for key, (n, v) in theirs.items():
+                counts = mine.setdefault(key, [0, 0])
+                counts[0] += n
+                counts[1] += v
+        self.reasons.update(other.reasons)
+        self.forms.update(other.forms)
+        return self
+
+    def summary(self) -> dict:
+        def fraction(n: int, d: int) -> float:
+            return n / d if d else 0.0
+
+        def breakdown(table: dict[str, list[int]]) -> dict:
+            return {k: {"tunes": n, "valid": v, "valid_fraction": fraction(v, n)} for k, (n, v) in sorted(table.items())}
+
+        return {
+            "tunes": self.total,
+            "valid": self.valid,
+            "valid_fraction": fraction(self.valid, self.total),
+            "by_meter": breakdown(self.by_meter),
+            "by_mode": breakdown(self.by_mode),
+            "reasons": dict(self.reasons.most_common()),  # code -> number of tunes with it
+            "forms": dict(self.forms.most_common(10)),
+            "standard_form_fraction": fraction(self.standard, self.total),
+            "ends_on_tonic_fraction": fraction(self.tonic, self.total),
+        }
+
+
 def summarize(findings: Iterable[Findings | dict]) -> dict:
     """Counts over many tunes: valid fraction overall, by meter and by mode, reasons, forms.
 
     Takes ``Findings`` or rows (dicts with at least valid, reasons, meter, mode, form,
     standard_form and ends_on_tonic, e.g. read back from Parquet).
     """
-    total = valid = standard = tonic = 0
-    by_meter: dict[str, list[int]] = {}
-    by_mode: dict[str, list[int]] = {}
-    reasons: Counter[str] = Counter()
-    forms: Counter[str] = Counter()
+    tally = SummaryTally()
     for f in findings:
-        get = f.get if isinstance(f, dict) else lambda k, _f=f: getattr(_f, k, None)
-        ok = bool(get("valid"))
-        total += 1
-        valid += ok
-        standard += bool(get("standard_form"))
-        tonic += bool(get("ends_on_tonic"))
-        for table, key in ((by_meter, get("meter")), (by_mode, get("mode"))):
-            counts = table.setdefault(str(key) if key is not None else "?", [0, 0])
-            counts[0] += 1
-            counts[1] += ok
-        reasons.update(get("reasons") or [])
-        forms[get("form") or ""] += 1
-
-    def fraction(n: int, d: int) -> float:
-        return n / d if d else 0.0
-
-    def breakdown(table: dict[str, list[int]]) -> dict:
-        return {k: {"tunes": n, "valid": v, "valid_fraction": fraction(v, n)} for k, (n, v) in sorted(table.items())}
-
-    return {
-        "tunes": total,
-        "valid": valid,
-        "valid_fraction": fraction(valid, total),
-        "by_meter": breakdown(by_meter),
-        "by_mode": breakdown(by_mode),
-        "reasons": dict(reasons.most_common()),  # code -> number of tunes with it
-        "forms": dict(forms.most_common(10)),
-        "standard_form_fraction": fraction(standard, total),
-        "ends_on_tonic_fraction": fraction(tonic, total),
-    }
+        tally.add(f)
+    return tally.summary()
 
 
 def format_summary(summary: dict) -> str:

@@ -196,6 +196,9 @@ class _Lexer:
             elif ch == "-":
                 self.pos += 1
                 self.removed("ties")
+            elif text.startswith("[|]", self.pos):
+                self.pos += 3  # an invisible bar line: nothing to hear or count
+                self.removed("invisible_bars")
             elif ch in "|:" or (ch == "[" and text.startswith("[|", self.pos)) or (
                 ch == "." and text.startswith(".|", self.pos)
             ):

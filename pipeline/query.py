@@ -1,0 +1,281 @@
+"""``folkrnn query``: select tunes from a Parquet dataset with a SQL condition.
+
+The engine is DuckDB: ``--where`` is a SQL boolean expression (``meter = '6/8' AND mode = 'dor'
+AND valid``, ``len(tokens) > 200``, ``list_contains(reasons, 'bar_too_long')``), parsed by
+DuckDB as one expression (never a statement), and DuckDB pushes the filter and the column list
+down into the Parquet scan: hive partitions that cannot match (``volume = 3``) are not opened,
+row groups are skipped by their min/max statistics and only the needed columns are read.
+
+A dataset is a folder of Parquet files (``generated/part-*.parquet``), a hive-partitioned
+folder (``corpus/volume=1/part-0.parquet``) or one ``.parquet`` file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pipeline.errors import UsageError
+
+HELP = "Select tunes from a generated dataset or corpus with a SQL condition (DuckDB, pushed down to Parquet)"
+FORMATS = ("table", "csv", "json", "abc")
+# Columns shown when --columns is not given (those the dataset has, in this order).
+DEFAULT_COLUMNS = ("number", "id", "title", "meter", "mode", "form", "valid", "length", "volume", "page")
+TABLE_CELL_WIDTH = 60
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", metavar="DATASET",
+                        help="a folder of Parquet files (hive-partitioned or not) or one .parquet file")
+    parser.add_argument("--where", default=None,
+                        help="SQL condition, e.g. \"meter = '6/8' AND mode = 'dor' AND valid\"")
+    parser.add_argument("--columns", default=None,
+                        help="comma-separated columns to show (default: " + ",".join(DEFAULT_COLUMNS)
+                        + ", those present)")
+    parser.add_argument("--format", choices=FORMATS, default="table",
+                        help="table (aligned text), csv, json (one object a line) or abc (a playable ABC file)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="at most N rows")
+    parser.epilog = ("Rows come in tune-number order. Column names: run with --columns '?' to list them. "
+                     "--format abc prints each row's abc column (or ABC made from its tokens).")
+
+
+# --- Datasets -------------------------------------------------------------------------------------
+def dataset_files(path: str) -> tuple[list[str], bool, str]:
+    """(Parquet files, hive-partitioned?, dataset folder) of a dataset; UsageError if there is none.
+
+    A folder whose Parquet files all sit in one subfolder (a generate run folder holds
+    ``generated/``, a compile output ``corpus/``) stands for that subfolder. Only ``*.parquet``
+    files count: writers' temporary files (``part-0.parquet.tmp``) are not read.
+    """
+    if not os.path.exists(path):
+        raise UsageError(f"no dataset at {path}: give a folder of Parquet files (e.g. out/generated) or a .parquet file")
+    if os.path.isfile(path):
+        if not path.endswith(".parquet"):
+            raise UsageError(f"{path} is not a .parquet file: give a folder of Parquet files or a .parquet file")
+        return [path], False, path
+    flat = sorted(glob.glob(os.path.join(glob.escape(path), "*.parquet")))
+    if flat:
+        return flat, False, path
+    nested = sorted(glob.glob(os.path.join(glob.escape(path), "**", "*.parquet"), recursive=True))
+    hive = [f for f in nested if all("=" in part for part in os.path.relpath(os.path.dirname(f), path).split(os.sep))]
+    if hive:
+        return hive, True, path
+    tables = sorted({os.path.relpath(f, path).split(os.sep)[0] for f in nested})
+    if len(tables) == 1:
+        return dataset_files(os.path.join(path, tables[0]))
+    if tables:
+        raise UsageError(f"{path} is not one dataset but holds {', '.join(tables)}: give one of them, "
+                         f"e.g. {os.path.join(path, tables[0])}")
+    raise UsageError(f"no Parquet files in {path}: give a folder written by folkrnn generate, validate or compile")
+
+
+def connect() -> Any:
+    import duckdb
+
+    return duckdb.connect()
+
+
+def relation(con: Any, path: str) -> Any:
+    """A DuckDB relation over the dataset (lazy: nothing is read until it is fetched)."""
+    import duckdb
+
+    files, hive, _ = dataset_files(path)
+    try:
+        return con.read_parquet(files, hive_partitioning=hive, union_by_name=True)
+    except duckdb.Error as err:
+        raise UsageError(f"cannot read {path} as Parquet: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().split("\n")[0]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def apply_where(rel: Any, where: str | None) -> Any:
+    """``rel`` filtered by a SQL condition; a bad condition is a one-line UsageError."""
+    import duckdb
+
+    if where is None:
+        return rel
+    if not where.strip():
+        raise UsageError("--where is empty: give a condition such as \"meter = '6/8' AND valid\"")
+    try:
+        return rel.filter(where)
+    except duckdb.BinderException as err:
+        message = _first_line(err)
+        if "not found" in message and "column" in message.lower():
+            name = message.split('"')[1] if message.count('"') >= 2 else "?"
+            columns = ", ".join(c for c in rel.columns if not c.startswith("__"))
+            raise UsageError(f"unknown column {name!r} in --where; columns are: {columns}") from None
+        raise UsageError(f"--where cannot be used: {message}") from None
+    except duckdb.ParserException as err:
+        raise UsageError(f"malformed --where {where!r}: {_first_line(err)}") from None
+    except duckdb.Error as err:
+        raise UsageError(f"--where cannot be used: {_first_line(err)}") from None
+
+
+def check_columns(requested: Sequence[str], available: Sequence[str]) -> None:
+    for name in requested:
+        if name not in available:
+            raise UsageError(f"unknown column {name!r} in --columns; columns are: {', '.join(available)}")
+
+
+def parse_columns(text: str | None, available: Sequence[str]) -> list[str]:
+    if text is None:
+        chosen = [c for c in DEFAULT_COLUMNS if c in available]
+        return chosen or list(available)
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise UsageError("--columns is empty: give comma-separated column names, e.g. number,title,abc")
+    check_columns(names, available)
+    return names
+
+
+def select(path: str, *, where: str | None = None, columns: Sequence[str] | None = None,
+           limit: int | None = None) -> Any:
+    """Rows of the dataset at ``path`` matching ``where``, as an Arrow table, in number (or id) order.
+
+    ``columns`` None means every column. Errors a user can fix raise UsageError.
+    """
+    import duckdb
+
+    if limit is not None and limit < 0:
+        raise UsageError(f"--limit must be 0 or more, got {limit}")
+    con = connect()
+    rel = relation(con, path)
+    available = list(rel.columns)
+    if columns is not None:
+        check_columns(columns, available)
+    rel = apply_where(rel, where)
+    order = next((c for c in ("number", "id") if c in available), None)
+    try:
+        if order:
+            rel = rel.order(_quote(order))
+        if columns is not None:
+            rel = rel.project(", ".join(_quote(c) for c in columns))
+        if limit is not None:
+            rel = rel.limit(limit)
+        return rel.to_arrow_table()
+    except duckdb.Error as err:  # a condition that parses but fails on the data, e.g. a bad cast
+        raise UsageError(f"--where cannot be evaluated: {_first_line(err)}") from None
+
+
+def filter_table(table: Any, where: str) -> Any:
+    """Rows of an in-memory Arrow table matching a SQL condition (``folkrnn compile --where``).
+
+    DuckDB only says which rows match; the result is taken from ``table`` in its own order, so it
+    keeps the table's Arrow types exactly.
+    """
+    import duckdb
+    import pyarrow as pa
+
+    con = connect()
+    rel = apply_where(con.from_arrow(table.append_column("__row", pa.array(range(table.num_rows), pa.int64()))),
+                      where)
+    try:
+        rows = rel.project('"__row"').to_arrow_table().column(0)
+    except duckdb.Error as err:
+        raise UsageError(f"--where cannot be evaluated: {_first_line(err)}") from None
+    return table.take(pa.array(sorted(rows.to_pylist()), pa.int64()))
+
+
+# --- Output ---------------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value
+
+
+def format_table(table: Any) -> Iterator[str]:
+    """Aligned text columns; long cells are cut, newlines shown as \\n; a row count at the end."""
+    names = table.column_names
+    rows = table.to_pylist()
+    cells = []
+    for row in rows:
+        line = []
+        for name in names:
+            text = str(_plain(row[name])).replace("\n", "\\n")
+            line.append(text if len(text) <= TABLE_CELL_WIDTH else text[:TABLE_CELL_WIDTH - 3] + "...")
+        cells.append(line)
+    widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
+    numeric = [all(isinstance(r[n], (int, float)) and not isinstance(r[n], bool) for r in rows if r[n] is not None)
+               and any(r[n] is not None for r in rows) for n in names]
+
+    def fmt(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    yield fmt(list(names)) + "\n"
+    yield "  ".join("-" * w for w in widths) + "\n"
+    for line in cells:
+        yield fmt(line) + "\n"
+    yield f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
+
+
+def format_csv(table: Any) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(table.column_names)
+    yield buffer.getvalue()
+    for batch in table.to_batches(max_chunksize=1000):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        for row in batch.to_pylist():
+            writer.writerow([_plain(v) for v in row.values()])
+        yield buffer.getvalue()
+
+
+def format_json(table: Any) -> Iterator[str]:
+    for batch in table.to_batches(max_chunksize=1000):
+        yield "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in batch.to_pylist())
+
+
+def format_abc(table: Any) -> Iterator[str]:
+    """A playable ABC 2.1 file: the ``abc`` column of each row, or ABC made from ``tokens``."""
+    from transforms.abc.tokenize import detokenize
+
+    yield "%abc-2.1\n"
+    for i, row in enumerate(table.to_pylist(), start=1):
+        text = row.get("abc")
+        if not text:
+            number = row.get("number") or i
+            text = detokenize(list(row.get("tokens") or []), number=number, title=row.get("title") or "")
+        yield "\n" + text if text.endswith("\n") else "\n" + text + "\n"
+
+
+FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json, "abc": format_abc}
+
+
+def run(args: argparse.Namespace) -> int:
+    con = connect()
+    available = list(relation(con, args.dataset).columns)
+    if args.columns is not None and args.columns.strip() == "?":
+        print(", ".join(available))
+        return 0
+    columns = parse_columns(args.columns, available)
+    if args.format == "abc":
+        source = "abc" if "abc" in available else "tokens" if "tokens" in available else None
+        if source is None:
+            raise UsageError("--format abc needs an abc or tokens column, and this dataset has neither")
+        # the ABC text is what is printed, whatever else --columns named
+        columns = [c for c in ("number", "title", source) if c in available]
+    table = select(args.dataset, where=args.where, columns=columns, limit=args.limit)
+    try:
+        for chunk in FORMATTERS[args.format](table):
+            sys.stdout.write(chunk)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `folkrnn query ... | head` is fine
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0
