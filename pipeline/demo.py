@@ -1,34 +1,129 @@
-"""``folkrnn demo``: the main job on the embedded default data, one stage after another."""
+"""``folkrnn demo``: the main job on the embedded default data, one stage after another.
+
+ingest (music21's collections) -> generate 30,000 tunes with the shipped model -> validate ->
+ten volumes of 3,000 tunes as ABC and PDF, and the corpus as a hive-partitioned Parquet dataset.
+Each stage keeps what an earlier run finished, so a second run takes seconds.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import time
 
-HELP = "Run the whole pipeline on the bundled music21 collections (what `make demo` runs)"
+HELP = "Run the main job on the bundled data: ingest, generate 30,000 tunes, validate, ten volumes (make demo)"
+DEMO_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model", "demo.pt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out", help="output folder (default: out)")
+    parser.add_argument("--checkpoint", default=DEMO_CHECKPOINT, help="model to sample (default: model/demo.pt)")
+    parser.add_argument("--num-tunes", type=int, default=30000, help="tunes to generate (default 30000)")
+    parser.add_argument("--per-volume", type=int, default=3000, help="tunes per volume (default 3000)")
+    parser.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    parser.add_argument("--no-pdf", action="store_true", help="volumes as ABC only")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace) -> int:
-    from pipeline.ingest import format_summary
-    from pipeline.run_ingest import run_ingest
+def run_command(name: str, argv: list[str]) -> int:
+    """Run a folkrnn subcommand in this process, with the defaults its own parser gives."""
+    import importlib
 
-    timings = []
-    start = time.perf_counter()
-    ingest_out = os.path.join(args.out, "ingest")
-    print(f"[1/1] ingest: music21's ABC collections -> {ingest_out}", flush=True)
-    summary = run_ingest(argparse.Namespace(
-        sources=[], format="abc", url_list=[], out=ingest_out, valid_fraction=0.05, num_shards=1, cache_dir=None,
-        delay=1.0, per_host=1, write_folkrnn_text=True, quiet=args.quiet, beam_args=[]))
+    from pipeline.cli import COMMANDS
+
+    module = importlib.import_module(COMMANDS[name])
+    parser = argparse.ArgumentParser(prog=f"folkrnn {name}")
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.beam_args = []
+    return int(module.run(args) or 0)
+
+
+def source_fingerprint() -> str:
+    """A hash of the code that shapes the ingest's output: a changed tokenizer means a new ingest."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256()
+    for folder in ("transforms", "schemas"):
+        for dirpath, _, files in sorted(os.walk(os.path.join(root, folder))):
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    with open(os.path.join(dirpath, name), "rb") as handle:
+                        digest.update(name.encode() + handle.read())
+    return digest.hexdigest()[:16]
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.errors import UsageError
+
+    if not os.path.exists(args.checkpoint):
+        raise UsageError(f"no model at {args.checkpoint}; train one with `folkrnn train` and pass --checkpoint")
+    quiet = ["--quiet"] if args.quiet else []
+    out = args.out
+    paths = {name: os.path.join(out, name) for name in ("ingest", "generated", "compiled")}
+    timings: list[tuple[str, float]] = []
+
+    def stage(number: int, name: str, what: str):
+        print(f"\n[{number}/4] {name}: {what}", flush=True)
+        return time.perf_counter()
+
+    start = stage(1, "ingest", f"music21's ABC collections -> {paths['ingest']}")
+    stamp_path = os.path.join(paths["ingest"], "demo-stamp.json")
+    stamp = {"code": source_fingerprint()}
+    if os.path.exists(stamp_path) and json.load(open(stamp_path)) == stamp:
+        print("  already done (same code): kept")
+        from pipeline.ingest import format_summary, load_summary
+
+        print(format_summary(load_summary(paths["ingest"]), paths["ingest"]))
+    else:
+        run_command("ingest", ["--out", paths["ingest"], *quiet])
+        with open(stamp_path + ".tmp", "w") as handle:
+            json.dump(stamp, handle)
+        os.replace(stamp_path + ".tmp", stamp_path)
     timings.append(("ingest", time.perf_counter() - start))
-    print(format_summary(summary, ingest_out))
-    print()
-    print("stage times: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings))
-    print("look inside: .venv/bin/python -c \"import pyarrow.parquet as pq; "
-          f"print(pq.read_table('{ingest_out}/tunes', columns=['title', 'meter', 'mode']).slice(0, 5))\"")
+
+    start = stage(2, "generate", f"{args.num_tunes} tunes with {os.path.relpath(args.checkpoint)} -> "
+                                 f"{paths['generated']}")
+    run_command("generate", [args.checkpoint, "--out", paths["generated"], "--num-tunes", str(args.num_tunes),
+                             "--seed", str(args.seed), *quiet])
+    timings.append(("generate", time.perf_counter() - start))
+
+    start = stage(3, "validate", "bars, repeats, sections and cadences of every tune")
+    shards = os.path.join(paths["generated"], "generated")
+    summary_path = os.path.join(paths["generated"], "validation-summary.json")
+    run_command("validate", [shards, "--json", summary_path, *quiet])
+    timings.append(("validate", time.perf_counter() - start))
+
+    start = stage(4, "compile", f"volumes of {args.per_volume} tunes as ABC" + ("" if args.no_pdf else " and PDF")
+                  + f", and the corpus -> {paths['compiled']}")
+    run_command("compile", [shards, "--out", paths["compiled"], "--per-volume", str(args.per_volume),
+                            *(["--no-pdf"] if args.no_pdf else []), *quiet])
+    timings.append(("compile", time.perf_counter() - start))
+
+    print_closing(paths, summary_path, timings)
     return 0
+
+
+def print_closing(paths: dict, summary_path: str, timings: list[tuple[str, float]]) -> None:
+    with open(summary_path, encoding="utf-8") as handle:
+        summary = json.load(handle)
+    valid = summary.get("valid_fraction")
+    volumes = os.path.join(paths["compiled"], "volumes")
+    pdfs = sorted(f for f in os.listdir(volumes) if f.endswith(".pdf")) if os.path.isdir(volumes) else []
+    corpus = os.path.join(paths["compiled"], "corpus")
+    print("\n" + "=" * 72)
+    print("folkrnn demo: done")
+    print(f"  training corpus     {paths['ingest']}/tunes/ (Parquet), summary.json")
+    print(f"  generated tunes     {paths['generated']}/generated/ (Parquet shards), manifest.json")
+    print(f"  tune books          {volumes}/ ({len(pdfs)} PDF volumes, ABC, reports)")
+    print(f"  corpus (Arrow)      {corpus}/volume=N/ (hive-partitioned Parquet)")
+    if valid is not None:
+        print(f"  valid rate          {100 * valid:.1f}% of {summary.get('tunes')} generated tunes pass the validator")
+    print("  stage times         " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings))
+    print("\nTry:")
+    print(f"  .venv/bin/folkrnn query {corpus} --where \"meter = '6/8' AND mode = 'dor' AND valid\" "
+          "--columns number,title,volume,page --limit 5")
+    print(f"  .venv/bin/folkrnn query {corpus} --where \"number = 488\" --format abc")
+    print(f"  .venv/bin/folkrnn query {corpus} --where \"standard_form AND ends_on_tonic\" "
+          "--columns number,title,form --limit 5")
