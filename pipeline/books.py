@@ -105,7 +105,8 @@ def plain_text(text: str) -> str:
 
 def tune_abc(row: Mapping) -> str:
     """One tune block: ``X:`` number, ``T:`` title, then what ``detokenize`` writes."""
-    return detokenize(list(row["tokens"] or []), number=int(row["number"]), title=plain_text(row["title"] or ""))
+    return detokenize(list(row["tokens"] or []), number=int(row["number"]), title=plain_text(row["title"] or ""),
+                      typeset=True)
 
 
 def write_volume_abc(rows: Sequence[Mapping], volume: int, n_volumes: int, book_title: str,

@@ -437,3 +437,10 @@ def test_every_kept_token_is_in_the_vocabulary():
 
 def test_invisible_bar_lines_are_dropped():
     assert body_tokens(tune("AB[|]:|cd|")) == ["A", "B", ":|", "c", "d", "|"]
+
+
+def test_typeset_form_ties_lengths_engravers_cannot_draw():
+    tokens = ["M:4/4", "K:Cmaj", "c", "5", "d", "3", "|", "[", "C", "E", "]", "9", "z", "5/2", "A", "/2", "|"]
+    body = detokenize(tokens, typeset=True).splitlines()[-1]
+    assert "c4-cd3" in body and "[CE]8-[CE]" in body and "z2z/2" in body
+    assert tokenize_tune(detokenize(tokens)).tokens == tokens  # the plain form still reads back

@@ -221,18 +221,26 @@ BROKEN_ABC = {">": ">", "<": "<", "2>": ">>", "2<": "<<", "/2>": "/2>", "/2<": "
 BARS_PER_LINE = 4
 
 
-def detokenize(tokens: list[str], *, number: int | str = 1, title: str = "") -> str:
-    """v2 tokens (``M:.. K:.. body``, optional <s> and </s>) as one ABC 2.1 tune."""
+# Lengths abcm2ps cannot draw as one note ("too much dotted"), written as two tied notes when typesetting.
+TIED_LENGTHS = {"5": ("4", ""), "9": ("8", ""), "5/2": ("2", "/2")}
+
+
+def detokenize(tokens: list[str], *, number: int | str = 1, title: str = "", typeset: bool = False) -> str:
+    """v2 tokens (``M:.. K:.. body``, optional <s> and </s>) as one ABC 2.1 tune.
+
+    ``typeset`` writes lengths of 5, 9 and 5/2 eighths as two tied notes, which engravers can draw;
+    the tokenizer drops ties, so only the default form reads back to the same tokens.
+    """
     body = [t for t in tokens if t not in ("<s>", "</s>")]
     meter = next((t[2:] for t in body if t.startswith("M:")), "4/4")
     mode_token = next((t[2:] for t in body if t.startswith("K:")), "Cmaj")
     notes = [t for t in body if not t.startswith(("M:", "K:"))]
     lines = [f"X:{number}", f"T:{title or f'Tune {number}'}", f"M:{meter}", "L:1/8", f"K:{mode_token}",
-             abc_body(notes, meter)]
+             abc_body(notes, meter, typeset)]
     return "\n".join(lines) + "\n"
 
 
-def abc_body(tokens: list[str], meter: str) -> str:
+def abc_body(tokens: list[str], meter: str, typeset: bool = False) -> str:
     """Body tokens as ABC: notes of one beat beamed together, bars spaced, a few bars a line."""
     beat = Fraction(3) if meter in ("6/8", "9/8", "12/8") else Fraction(2)
     out: list[str] = []
@@ -270,10 +278,16 @@ def abc_body(tokens: list[str], meter: str) -> str:
                 i += 1
         i += 1
         length = Fraction(1)
+        head = "".join(tokens[start:i])
+        text = head
         if i < len(tokens) and tokens[i] in DURATIONS:
             length = DURATIONS[tokens[i]]
+            text = head + tokens[i]
+            if typeset and tokens[i] in TIED_LENGTHS and not (i + 1 < len(tokens) and tokens[i + 1] in BROKEN_TOKENS):
+                first, second = TIED_LENGTHS[tokens[i]]
+                tie = "" if head == "z" else "-"  # rests are not tied, just written twice
+                text = f"{head}{first}{tie}{head}{second}"
             i += 1
-        text = "".join(tokens[start:i])
         broken = i < len(tokens) and tokens[i] in BROKEN_TOKENS
         if broken:
             # a broken pair keeps its total, so the beat position after the pair is the written one
