@@ -170,16 +170,20 @@ def shard_path(directory: str, name: str, shard: int, num_shards: int) -> str:
     return FileSystems.join(directory, name, f"part-{shard:05d}-of-{num_shards:05d}.parquet")
 
 
-def write_parquet_atomic(path: str, table: pa.Table) -> None:
-    """Write to a temporary name, then rename: readers never see half a file."""
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+def replace_atomically(path: str, data: bytes) -> None:
+    """Write to a temporary name, then rename: readers never see half a file (any Beam filesystem)."""
     temporary = path + ".tmp"
     with FileSystems.create(temporary) as handle:
-        handle.write(buffer.getvalue())
+        handle.write(data)
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([temporary], [path])
+
+
+def write_parquet_atomic(path: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    replace_atomically(path, buffer.getvalue())
 
 
 class _WriteShard(beam.DoFn):
@@ -283,9 +287,4 @@ class SummaryFn(beam.CombineFn):
 
 
 def write_json_atomic(path: str, value: dict) -> None:
-    temporary = path + ".tmp"
-    with FileSystems.create(temporary) as handle:
-        handle.write(json.dumps(value, indent=2, sort_keys=False).encode("utf-8"))
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([temporary], [path])
+    replace_atomically(path, json.dumps(value, indent=2).encode("utf-8"))

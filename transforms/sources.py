@@ -50,24 +50,24 @@ def tunes_of_document(source: str, collection: str, data: bytes,
         yield RawTune(source=source, collection=collection, position=position, text=tune, encoding=encoding)
 
 
-class _ReadAbcFile(beam.DoFn):
-    def __init__(self, collection: str | None):
-        self.collection = collection
-        self.files = Metrics.counter("ingest", "files_read")
+def read_records(path: str, collection: str | None, parse) -> Iterator:
+    """Read one file and parse it into RawTune records; an unreadable file, or what ``parse`` says
+    cannot be a tune, is a reject row on the ``rejects`` output.
 
-    def process(self, path: str) -> Iterator:
-        collection = self.collection or collection_of(path)
-        try:
-            with FileSystems.open(path) as handle:
-                data = handle.read()
-        except Exception as err:  # any I/O failure becomes a reject row, the run goes on
-            yield beam.pvalue.TaggedOutput(REJECTS, reject_row(
-                collection=collection, source=path, position=0, stage="read", reason="unreadable",
-                detail=f"cannot read {path}: {err}"))
-            return
-        self.files.inc()
-        for record in tunes_of_document(path, collection, data):
-            yield record if isinstance(record, RawTune) else beam.pvalue.TaggedOutput(REJECTS, record)
+    ``parse(path, collection, data)`` yields RawTune records or reject rows.
+    """
+    name = collection or collection_of(path)
+    try:
+        with FileSystems.open(path) as handle:
+            data = handle.read()
+    except Exception as err:  # any I/O failure becomes a reject row, the run goes on
+        yield beam.pvalue.TaggedOutput(REJECTS, reject_row(
+            collection=name, source=path, position=0, stage="read", reason="unreadable",
+            detail=f"cannot read {path}: {err}"))
+        return
+    Metrics.counter("ingest", "files_read").inc()
+    for record in parse(path, name, data):
+        yield record if isinstance(record, RawTune) else beam.pvalue.TaggedOutput(REJECTS, record)
 
 
 def _expand_pattern(pattern: str) -> Iterator:
@@ -108,7 +108,8 @@ class ReadAbcFiles(beam.PTransform):
         read = (
             files.paths
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadAndSplit" >> beam.ParDo(_ReadAbcFile(self.collection)).with_outputs(REJECTS, main="tunes")
+            | "ReadAndSplit" >> beam.FlatMap(read_records, self.collection, tunes_of_document).with_outputs(
+                REJECTS, main="tunes")
         )
         rejects = (files[REJECTS], read[REJECTS]) | "MergeRejects" >> beam.Flatten()
         return {"tunes": read.tunes, REJECTS: rejects}
@@ -136,9 +137,12 @@ def _key_field(mode: str) -> str:
     return mode.strip()
 
 
-def rows_of_dump(path: str, data: bytes) -> Iterator[RawTune | dict]:
+def file_stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def rows_of_dump(path: str, collection: str, data: bytes) -> Iterator[RawTune | dict]:
     """Tunes of a tabular dump (CSV or JSON), one ABC body per row; the header is rebuilt from columns."""
-    collection = os.path.splitext(os.path.basename(path))[0]
     text, encoding = decode_text(data)
     try:
         if path.endswith((".json", ".jsonl")) or text.lstrip().startswith(("[", "{")):
@@ -172,36 +176,27 @@ def rows_of_dump(path: str, data: bytes) -> Iterator[RawTune | dict]:
 
 
 class ReadTabularDump(beam.PTransform):
-    """CSV/JSON dumps (``tune_id, setting_id, name, type, meter, mode, abc``) -> RawTune (+ ``rejects``)."""
+    """CSV/JSON dumps (``tune_id, setting_id, name, type, meter, mode, abc``) -> RawTune (+ ``rejects``).
+
+    Each file is one collection, named after the file.
+    """
 
     def __init__(self, paths: Iterable[str]):
         super().__init__()
         self.paths = list(paths)
 
     def expand(self, pbegin):
-        def read(path: str) -> Iterator:
-            try:
-                with FileSystems.open(path) as handle:
-                    data = handle.read()
-            except Exception as err:
-                yield beam.pvalue.TaggedOutput(REJECTS, reject_row(
-                    collection="dump", source=path, position=0, stage="read", reason="unreadable",
-                    detail=f"cannot read {path}: {err}"))
-                return
-            for record in rows_of_dump(path, data):
-                yield record if isinstance(record, RawTune) else beam.pvalue.TaggedOutput(REJECTS, record)
-
         out = (
             pbegin
-            | "DumpPaths" >> beam.Create(self.paths)
-            | "ReadDumpRows" >> beam.FlatMap(read).with_outputs(REJECTS, main="tunes")
+            | "DumpPaths" >> beam.Create([(p, file_stem(p)) for p in self.paths])
+            | "ReadDumpRows" >> beam.FlatMap(lambda item: read_records(*item, rows_of_dump)).with_outputs(
+                REJECTS, main="tunes")
         )
         return {"tunes": out.tunes, REJECTS: out[REJECTS]}
 
 
-def records_of_folkrnn_text(path: str, data: bytes) -> Iterator[RawTune]:
+def records_of_folkrnn_text(path: str, collection: str, data: bytes) -> Iterator[RawTune]:
     """Tunes of a folk-rnn data file; the record's text is the token block itself."""
-    collection = os.path.splitext(os.path.basename(path))[0]
     text, encoding = decode_text(data)
     for position, tokens in enumerate(read_folkrnn_text(text)):
         yield RawTune(source=path, collection=collection, position=position, text=" ".join(tokens),
@@ -216,20 +211,10 @@ class ReadFolkRnnText(beam.PTransform):
         self.paths = list(paths)
 
     def expand(self, pbegin):
-        def read(path: str) -> Iterator:
-            try:
-                with FileSystems.open(path) as handle:
-                    data = handle.read()
-            except Exception as err:
-                yield beam.pvalue.TaggedOutput(REJECTS, reject_row(
-                    collection="folkrnn", source=path, position=0, stage="read", reason="unreadable",
-                    detail=f"cannot read {path}: {err}"))
-                return
-            yield from records_of_folkrnn_text(path, data)
-
         out = (
             pbegin
-            | "FolkRnnPaths" >> beam.Create(self.paths)
-            | "ReadFolkRnnBlocks" >> beam.FlatMap(read).with_outputs(REJECTS, main="tunes")
+            | "FolkRnnPaths" >> beam.Create([(p, file_stem(p)) for p in self.paths])
+            | "ReadFolkRnnBlocks" >> beam.FlatMap(lambda item: read_records(*item, records_of_folkrnn_text)).with_outputs(
+                REJECTS, main="tunes")
         )
         return {"tunes": out.tunes, REJECTS: out[REJECTS]}
