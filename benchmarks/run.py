@@ -9,7 +9,7 @@ import platform
 import sys
 
 BENCHMARKS = ["benchmarks.bench_ingest", "benchmarks.bench_validate", "benchmarks.bench_train",
-              "benchmarks.bench_sample", "benchmarks.bench_compile"]
+              "benchmarks.bench_sample", "benchmarks.bench_compile", "benchmarks.bench_analyze"]
 RESULTS = os.path.join(os.path.dirname(__file__), "RESULTS.md")
 
 

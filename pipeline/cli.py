@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "compile": "pipeline.compile",
     "query": "pipeline.query",
     "stats": "pipeline.stats",
+    "analyze": "pipeline.analyze",
     "demo": "pipeline.demo",
 }
 

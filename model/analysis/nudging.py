@@ -1,0 +1,114 @@
+"""Part 5, nudging: add a constant to the output bias of a class of tokens (a pitch, a duration, a
+mode, or a whole class such as ``bar``) and measure how the generated tunes change with its size:
+the valid rate, the bar-valid rate, the AABB 8+8 rate, the lengths, and how often the nudged
+tokens appear (which shows the nudge took hold)."""
+
+from __future__ import annotations
+
+import torch
+
+from model.analysis.common import (
+    Context,
+    Figure,
+    Generated,
+    Section,
+    cell,
+    code,
+    generate,
+    model_copy,
+    pct,
+    pyplot,
+)
+from pipeline.errors import UsageError
+from schemas.vocab import TOKEN_CLASSES, TOKEN_TO_ID
+
+METRICS = ("valid_rate", "bar_valid_rate", "standard_form_rate", "mean_length", "target_share")
+LABELS = {"valid_rate": "valid", "bar_valid_rate": "bar-valid", "standard_form_rate": "AABB, 8 + 8",
+          "mean_length": "mean length (tokens)", "target_share": "share of tokens nudged"}
+
+
+def resolve_target(spec: str) -> list[str]:
+    """A nudge target: one vocabulary token (``C``, ``2``, ``K:Cmin``) or a class name (``bar``,
+    ``duration``, ``pitch``, ...: every token of that class)."""
+    if spec in TOKEN_TO_ID:
+        return [spec]
+    if spec in TOKEN_CLASSES:
+        return sorted(TOKEN_CLASSES[spec], key=TOKEN_TO_ID.get)
+    raise UsageError(f"cannot nudge {spec!r}: give a token of the vocabulary (e.g. C, ^f, 2, K:Cmin) or a class "
+                     f"({', '.join(TOKEN_CLASSES)})")
+
+
+@torch.no_grad()
+def nudge(model, tokens: list[str], delta: float) -> torch.nn.Module:
+    """A copy of ``model`` whose output bias is raised by ``delta`` for ``tokens``: their logits,
+    hence their odds against every other token, are multiplied by exp(delta) at every step."""
+    nudged = model_copy(model)
+    nudged.out.bias[[TOKEN_TO_ID[t] for t in tokens]] += delta
+    return nudged
+
+
+def target_share(generated: Generated, tokens: list[str]) -> float:
+    """Share of all generated tokens that are among ``tokens``."""
+    members = set(tokens)
+    total = sum(len(t) for t in generated.tokens)
+    return sum(x in members for t in generated.tokens for x in t) / total if total else 0.0
+
+
+def sweep(ctx: Context, spec: str) -> dict[float, dict[str, float]]:
+    """Rates of generated tunes for every delta of the settings, for one target."""
+    tokens = resolve_target(spec)
+    out = {}
+    for delta in sorted(set(ctx.settings.nudge_deltas) | {0.0}):
+        if delta == 0:
+            generated = ctx.baseline()
+        else:
+            ctx.log(f"nudging {spec} by {delta:+g}")
+            generated = generate(nudge(ctx.model, tokens, delta), ctx.settings)
+        out[delta] = {**generated.rates(), "target_share": target_share(generated, tokens)}
+    return out
+
+
+def analyze(ctx: Context) -> Section:
+    numbers = ctx.numbers
+    section = Section("nudging", "Nudging")
+    targets = list(ctx.settings.nudge_targets)
+    for spec in targets:
+        resolve_target(spec)  # refuse a bad target before any generation
+    results = {spec: sweep(ctx, spec) for spec in targets}
+    for spec, by_delta in results.items():
+        for delta, rates in by_delta.items():
+            for name, value in rates.items():
+                numbers.add("nudging", name, f"{spec}@{delta:+g}", value)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.6 * len(METRICS), 3.2))
+    for ax, metric in zip(axes, METRICS):
+        for spec in targets:
+            deltas = sorted(results[spec])
+            ax.plot(deltas, [results[spec][d][metric] for d in deltas], "o-", label=spec)
+        ax.set_title(LABELS[metric], fontsize=9)
+        ax.set_xlabel("bias added")
+        if metric != "mean_length":
+            ax.set_ylim(0, 1 if metric != "target_share" else None)
+    axes[0].legend(fontsize=7, title="nudged", title_fontsize=7)
+    sentences = []
+    for spec in targets:
+        by_delta = results[spec]
+        high = max(by_delta)
+        base = by_delta[0.0]
+        top = by_delta[high]
+        sentences.append(f"nudging {code(spec)} by {high:+g} takes its share of tokens from {pct(base['target_share'])} "
+                         f"to {pct(top['target_share'])}, the valid rate from {pct(base['valid_rate'])} to "
+                         f"{pct(top['valid_rate'])} and the mean length from {base['mean_length']:.0f} to "
+                         f"{top['mean_length']:.0f} tokens")
+    section.figures.append(Figure(ctx.savefig(fig, "nudging.png"), (
+        f"What {ctx.settings.num_tunes} generated tunes per setting do when the output bias of one token (or class) "
+        f"is raised or lowered: " + "; ".join(sentences) + ".")))
+    rows = ["| nudged | bias | valid | bar-valid | AABB 8+8 | mean length | truncated | share nudged |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for spec in targets:
+        for delta, r in sorted(results[spec].items()):
+            rows.append(f"| {cell(code(spec))} | {delta:+g} | {pct(r['valid_rate'])} | {pct(r['bar_valid_rate'])} | "
+                        f"{pct(r['standard_form_rate'])} | {r['mean_length']:.0f} | {pct(r['truncated_rate'])} | "
+                        f"{100 * r['target_share']:.1f}% |")
+    section.table = "\n".join(rows)
+    return section
