@@ -20,7 +20,7 @@ import torch
 from model.network import FolkRNN, ModelConfig
 from model.sample import Sampler
 
-REFERENCE_STEPS = 300
+REFERENCE_STEPS = 100
 
 
 def reference_tokens_per_second(dtype: str, steps: int = REFERENCE_STEPS) -> float:
@@ -122,7 +122,7 @@ def run() -> dict:
         real.out.bias[59] = -2.0
     sampler = Sampler(real)
     start = time.perf_counter()
-    tunes = list(sampler.sample(range(1, 3001), batch_size=1024, max_tokens=1000, seed=1))
+    tunes = list(sampler.sample(range(1, 3001), batch_size=1024, max_tokens=400, seed=1))
     seconds = time.perf_counter() - start
     real_tokens = sum(len(t.token_ids) + 1 for t in tunes)
     continuous_rate = real_tokens / seconds
