@@ -265,20 +265,13 @@ class SummaryFn(beam.CombineFn):
             kind, collection, *rest = key.split("|")
             per = summary["by_collection"].setdefault(
                 collection, {"read": 0, "kept": 0, "duplicates": 0, "rejected": 0})
-            if kind == "read":
-                summary["read"] += count
-                per["read"] += count
-            elif kind == "kept":
-                summary["kept"] += count
-                per["kept"] += count
+            total = {"read": "read", "kept": "kept", "duplicate": "duplicates", "rejected": "rejected"}[kind]
+            summary[total] += count
+            per[total] += count
+            if kind == "kept":
                 summary["meters"][rest[0]] += count
                 summary["modes"][rest[1]] += count
-            elif kind == "duplicate":
-                summary["duplicates"] += count
-                per["duplicates"] += count
             elif kind == "rejected":
-                summary["rejected"] += count
-                per["rejected"] += count
                 summary["rejects_by_reason"][rest[0]] += count
         for name in ("rejects_by_reason", "meters", "modes"):
             summary[name] = dict(summary[name].most_common())

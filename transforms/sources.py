@@ -175,24 +175,30 @@ def rows_of_dump(path: str, collection: str, data: bytes) -> Iterator[RawTune | 
                       encoding=encoding, title=row.get("name") or None, meta=meta)
 
 
-class ReadTabularDump(beam.PTransform):
-    """CSV/JSON dumps (``tune_id, setting_id, name, type, meter, mode, abc``) -> RawTune (+ ``rejects``).
+class _ReadFilesAsCollections(beam.PTransform):
+    """Files -> RawTune records (+ ``rejects``), each file one collection named after it."""
 
-    Each file is one collection, named after the file.
-    """
+    parse = None  # (path, collection, data) -> RawTune records or reject rows
 
     def __init__(self, paths: Iterable[str]):
         super().__init__()
         self.paths = list(paths)
 
     def expand(self, pbegin):
+        parse = type(self).parse
         out = (
             pbegin
-            | "DumpPaths" >> beam.Create([(p, file_stem(p)) for p in self.paths])
-            | "ReadDumpRows" >> beam.FlatMap(lambda item: read_records(*item, rows_of_dump)).with_outputs(
+            | "Paths" >> beam.Create([(p, file_stem(p)) for p in self.paths])
+            | "ReadAndParse" >> beam.FlatMap(lambda item: read_records(*item, parse)).with_outputs(
                 REJECTS, main="tunes")
         )
         return {"tunes": out.tunes, REJECTS: out[REJECTS]}
+
+
+class ReadTabularDump(_ReadFilesAsCollections):
+    """CSV/JSON dumps (``tune_id, setting_id, name, type, meter, mode, abc``) -> RawTune (+ ``rejects``)."""
+
+    parse = staticmethod(rows_of_dump)
 
 
 def records_of_folkrnn_text(path: str, collection: str, data: bytes) -> Iterator[RawTune]:
@@ -203,18 +209,7 @@ def records_of_folkrnn_text(path: str, collection: str, data: bytes) -> Iterator
                       encoding=encoding, meta={"format": "folkrnn-text"})
 
 
-class ReadFolkRnnText(beam.PTransform):
+class ReadFolkRnnText(_ReadFilesAsCollections):
     """folk-rnn text files (an M: line, a K: line, a line of tokens per tune) -> RawTune (+ ``rejects``)."""
 
-    def __init__(self, paths: Iterable[str]):
-        super().__init__()
-        self.paths = list(paths)
-
-    def expand(self, pbegin):
-        out = (
-            pbegin
-            | "FolkRnnPaths" >> beam.Create([(p, file_stem(p)) for p in self.paths])
-            | "ReadFolkRnnBlocks" >> beam.FlatMap(lambda item: read_records(*item, records_of_folkrnn_text)).with_outputs(
-                REJECTS, main="tunes")
-        )
-        return {"tunes": out.tunes, REJECTS: out[REJECTS]}
+    parse = staticmethod(records_of_folkrnn_text)
