@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import CheckpointError, read_payload, save_checkpoint
+from model.checkpoint import CheckpointError, checkpoint_id, read_payload, save_checkpoint
 from model.data import IGNORE, TuneSet, epoch_batches, make_batch, sorted_batches
 from model.network import FolkRNN, ModelConfig
 from pipeline.errors import UsageError
@@ -247,11 +247,14 @@ def checkpoint_paths(out_dir: str) -> tuple[str, str]:
 
 
 def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, cfg: TrainConfig | None = None,
-          resume: str | None = None, progress: bool = True, log=print) -> dict:
+          resume: str | None = None, progress: bool = True, log=print, init: str | None = None) -> dict:
     """Train (or resume) and write ``out_dir``: checkpoints/last.pt and best.pt, metrics.csv,
     loss.png. With ``resume`` (a checkpoint path), model and training config come from the
     checkpoint except ``max_epochs``, ``max_steps``, ``checkpoint_every``, ``device`` and
-    ``precision``, which ``cfg`` may change. Returns a summary dict."""
+    ``precision``, which ``cfg`` may change. With ``init`` (any checkpoint, a sampling-only
+    export too), a new run starts from its weights: fine-tuning, with a fresh optimizer and
+    learning-rate schedule; ``model_config`` must have the checkpoint's sizes. Returns a
+    summary dict."""
     from tqdm import tqdm
 
     payload = None
@@ -287,9 +290,19 @@ def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, 
     optimizer = make_optimizer(model, cfg)
     epoch, batch_index, step, elapsed = 0, 0, 0, 0.0
     best_valid = math.inf
+    init_info = None
+    if init is not None and payload is None:
+        start = read_payload(init)
+        sizes = ModelConfig.from_dict(start["model_config"])
+        if (sizes.n_layers, sizes.n_units) != (model_config.n_layers, model_config.n_units):
+            raise UsageError(f"{init} is a {sizes.n_layers}x{sizes.n_units} model; the run asks for "
+                             f"{model_config.n_layers}x{model_config.n_units}")
+        model.load_state_dict(start["model"])
+        init_info = {"path": init, "checkpoint_id": checkpoint_id(init)}
     if payload is not None:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
+        init_info = payload["train_state"].get("init")
         ts = payload["train_state"]
         epoch, batch_index, step = int(ts["epoch"]), int(ts["batch_index"]), int(ts["step"])
         elapsed, best_valid = float(ts["elapsed_s"]), float(ts["best_valid_loss"])
@@ -308,14 +321,18 @@ def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, 
     def save(path: str, next_epoch: int, next_batch: int, valid_loss: float | None = None) -> None:
         state = {"epoch": next_epoch, "batch_index": next_batch, "step": step, "elapsed_s": elapsed,
                  "best_valid_loss": best_valid, "valid_loss": valid_loss, "train_config": asdict(cfg),
-                 "data": data_info, "rng": rng_state(device)}
+                 "data": data_info, "rng": rng_state(device), "init": init_info}
         schedule = {"kind": "decay_after", "lr": cfg.lr, "decay": cfg.lr_decay, "decay_after": cfg.lr_decay_after,
                     "epoch": next_epoch, "current_lr": lr_at_epoch(cfg, next_epoch)}
-        save_checkpoint(path, model, model_config, optimizer, schedule, state, meta={"written_by": "folkrnn train"})
+        meta = {"written_by": "folkrnn train"}
+        if init_info:
+            meta["initialised_from"] = init_info["checkpoint_id"]
+        save_checkpoint(path, model, model_config, optimizer, schedule, state, meta=meta)
 
     log(f"train: {len(data.train)} tunes ({data.tokens('train')} tokens), valid: {len(data.valid)} tunes; "
         f"model {model_config.n_layers}x{model_config.n_units}, {model.num_parameters():,} parameters; "
-        f"device {device}; clip {cfg.clip_mode}" + (f"; resuming at step {step}, epoch {epoch + 1}" if payload else ""))
+        f"device {device}; clip {cfg.clip_mode}" + (f"; weights from {init}" if init_info and not payload else "")
+        + (f"; resuming at step {step}, epoch {epoch + 1}" if payload else ""))
     if epoch >= cfg.max_epochs or (cfg.max_steps and step >= cfg.max_steps):
         log(f"nothing to train: the run is at step {step}, epoch {epoch} (max steps {cfg.max_steps or 'none'}, "
             f"max epochs {cfg.max_epochs}); raise --max-steps or --max-epochs to train further")

@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue the run in OUT exactly where OUT/checkpoints/last.pt left it")
     parser.add_argument("--resume-from", default=None, metavar="CKPT",
                         help="continue from another checkpoint of `folkrnn train`, writing to OUT")
+    parser.add_argument("--init", default=None, metavar="CKPT",
+                        help="start a new run from the weights of any checkpoint (fine-tuning; a sampling-only "
+                             "export such as model/demo.pt too): its layers and units, a fresh optimizer and "
+                             "learning-rate schedule; --dropout and the training options may differ")
     model = parser.add_argument_group("model (defaults: folk-rnn v2)")
     model.add_argument("--layers", type=int, default=None, help="LSTM layers (default 3)")
     model.add_argument("--units", type=int, default=None, help="units per LSTM layer (default 512)")
@@ -94,7 +98,19 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.out} already holds a training run ({last_path}): add --resume to continue it, "
                          "or choose another --out")
 
+    init = getattr(args, "init", None)
+    if init is not None and resume is not None:
+        raise UsageError("--init starts a new run and --resume continues one: give one of them")
     cfg, model_config = TrainConfig(), ModelConfig()
+    if init is not None:
+        from model.checkpoint import read_payload
+
+        model_config = ModelConfig.from_dict(read_payload(init)["model_config"])
+        for option in ("layers", "units"):
+            field = MODEL_OPTIONS[option]
+            if _given(args, option) and getattr(args, option) != getattr(model_config, field):
+                raise UsageError(f"--{option} {getattr(args, option)} differs from {init} "
+                                 f"({getattr(model_config, field)}): --init keeps the checkpoint's sizes")
     if resume is not None:
         from model.checkpoint import read_payload
 
@@ -126,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     data = load_tunes(args.data, cfg.valid_fraction, only_valid=getattr(args, "only_valid", False))
-    summary = train(data, args.out, model_config, cfg, resume=resume, progress=not getattr(args, "quiet", False))
+    summary = train(data, args.out, model_config, cfg, resume=resume, progress=not getattr(args, "quiet", False),
+                    init=init)
     best = summary["best_valid_loss"]
     print(f"train: {summary['step']} steps, {summary['epoch']} epochs, {summary['elapsed_s']:.1f} s of training"
           + (f"; best valid {best:.4f} nats/token" if best is not None else "")

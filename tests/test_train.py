@@ -278,3 +278,43 @@ def test_cli_quick_run_writes_checkpoints_metrics_and_plot(tmp_path, capsys):
     _, payload = load_checkpoint(str(out / "checkpoints" / "last.pt"))
     assert payload["train_state"]["epoch"] == 3 and payload["model_config"]["n_layers"] == 1
 
+
+
+def test_init_fine_tunes_from_a_sampling_only_export(tmp_path):
+    data = tune_set(40)
+    first = run_train(data, tmp_path / "a", 5)
+    trained, _ = load_checkpoint(first["last"])
+    export = str(tmp_path / "export.pt")
+    save_checkpoint(export, trained, trained.config)  # weights only, no optimizer: cannot be resumed
+    with pytest.raises(CheckpointError, match="no training state"):
+        run_train(data, tmp_path / "b", 6, resume=export)
+    cfg = TrainConfig(batch_size=8, max_epochs=3, max_steps=0, checkpoint_every=0, device="cpu", seed=3)
+    # one step at a vanishing learning rate: the new run starts from exactly the exported weights
+    start = train(data, str(tmp_path / "c"), TINY, TrainConfig(**{**cfg.__dict__, "max_steps": 1, "lr": 1e-30}),
+                  progress=False, log=lambda *a: None, init=export)
+    for a, b in zip(weights(start["last"]), weights(first["last"])):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    tuned = train(data, str(tmp_path / "d"), TINY, cfg, progress=False, log=lambda *a: None, init=export)
+    payload = torch.load(tuned["last"], weights_only=True)
+    assert payload["train_state"]["init"]["checkpoint_id"] == checkpoint_id(export)
+    assert payload["meta"]["initialised_from"] == checkpoint_id(export)
+    assert payload["train_state"]["epoch"] == 3 and tuned["best_valid_loss"] is not None
+    assert any((a - b).abs().max() > 0 for a, b in zip(weights(tuned["last"]), weights(first["last"])))
+    other = ModelConfig(n_layers=TINY.n_layers, n_units=TINY.n_units * 2)
+    with pytest.raises(UsageError, match="--init keeps|asks for"):
+        train(data, str(tmp_path / "e"), other, cfg, progress=False, log=lambda *a: None, init=export)
+
+
+def test_cli_init_keeps_the_checkpoint_sizes(tmp_path):
+    write_text(str(tmp_path / "tunes.txt"), synthetic_tunes(40))
+    common = [str(tmp_path / "tunes.txt"), "--layers", "1", "--units", "8", "--batch-size", "8", "--quiet"]
+    assert cli(common + ["--out", str(tmp_path / "a"), "--max-epochs", "1"]) == 0
+    start = str(tmp_path / "a" / "checkpoints" / "last.pt")
+    with pytest.raises(UsageError, match="--init keeps"):
+        cli([str(tmp_path / "tunes.txt"), "--out", str(tmp_path / "b"), "--init", start, "--units", "16"])
+    with pytest.raises(UsageError, match="give one of them"):
+        cli(common + ["--out", str(tmp_path / "a"), "--init", start, "--resume"])
+    assert cli([str(tmp_path / "tunes.txt"), "--out", str(tmp_path / "c"), "--init", start, "--dropout", "0.1",
+                "--batch-size", "8", "--max-epochs", "1", "--quiet"]) == 0
+    _, payload = load_checkpoint(str(tmp_path / "c" / "checkpoints" / "last.pt"))
+    assert payload["model_config"]["n_units"] == 8 and payload["model_config"]["dropout"] == 0.1
