@@ -136,8 +136,9 @@ _CLASS[_EOT_SENTINEL] = _EOT
 # Duration token -> (numerator, denominator) of its multiplier.
 _DUR_RATIO: dict[str, tuple[int, int]] = {t: (f.numerator, f.denominator) for t, f in DURATIONS.items()}
 
+# The length rules, shared with model/analysis/timing.py.
 # Broken token -> (fused duration of the first note or None, first note's factor, second's).
-_BROKEN_INFO: dict[str, tuple[tuple[int, int] | None, tuple[int, int], tuple[int, int]]] = {
+BROKEN_RULES: dict[str, tuple[tuple[int, int] | None, tuple[int, int], tuple[int, int]]] = {
     ">": (None, (3, 2), (1, 2)),
     "<": (None, (1, 2), (3, 2)),
     "2>": (None, (7, 4), (1, 4)),
@@ -146,13 +147,13 @@ _BROKEN_INFO: dict[str, tuple[tuple[int, int] | None, tuple[int, int], tuple[int
     "/2<": ((1, 2), (1, 2), (3, 2)),
     "4>": ((4, 1), (3, 2), (1, 2)),
 }
-assert set(_BROKEN_INFO) == BROKEN_TOKENS, "broken-rhythm table out of step with schemas.vocab"
+assert set(BROKEN_RULES) == BROKEN_TOKENS, "broken-rhythm table out of step with schemas.vocab"
 
-_COMPOUND_METERS = frozenset({"6/8", "9/8", "12/8"})
+COMPOUND_METERS = frozenset({"6/8", "9/8", "12/8"})
 _TUPLET_P: dict[str, int] = {t: int(t[1:]) for t in TUPLET_TOKENS}
 
 
-def _tuplet_q(p: int, compound: bool) -> int:
+def tuplet_q(p: int, compound: bool) -> int:
     """Notes of a (p tuplet take the time of q (ABC 2.1, 4.13)."""
     if p in (2, 4, 8):
         return 3
@@ -163,7 +164,7 @@ def _tuplet_q(p: int, compound: bool) -> int:
 
 # (p, compound) -> ticks of one unit-length note inside the tuplet; exact since 2520 | U.
 _TUPLET_BASE: dict[tuple[int, bool], int] = {
-    (p, c): U * _tuplet_q(p, c) // p for p in range(2, 10) for c in (False, True)
+    (p, c): U * tuplet_q(p, c) // p for p in range(2, 10) for c in (False, True)
 }
 
 # Meter (without "M:") -> ticks of a full bar.
@@ -374,7 +375,7 @@ def _scan(tokens: list, start: int, stop: int, compound: bool, problems: list) -
                 out.groups.append((i, [t]))
                 last_bar_token = i
         elif k == _BROKEN:
-            fused, first, second = _BROKEN_INFO[t]
+            fused, first, second = BROKEN_RULES[t]
             if attach == 0:
                 problems.append(_problem("broken_without_pair", bars_done, i,
                                          f"broken rhythm {t} has no note before it"))
@@ -697,7 +698,7 @@ def bar_lengths(tokens: Sequence[str]) -> list[Fraction]:
     tokens = tokens.split() if isinstance(tokens, str) else list(tokens)
     problems: list = []
     meter, _, start = _parse_header(tokens, problems)
-    scan = _scan(tokens, start, _index_of_end(tokens, start), meter in _COMPOUND_METERS, problems)
+    scan = _scan(tokens, start, _index_of_end(tokens, start), meter in COMPOUND_METERS, problems)
     return [Fraction(t) / U for t, n in zip(scan.ticks, scan.elements) if n]
 
 
@@ -730,7 +731,7 @@ def _validate(tokens: list, truncated: bool) -> Findings:
     stop = _index_of_end(tokens, body_start)
     if stop + 1 < len(tokens):
         problems.append(_problem("tokens_after_end", -1, stop + 1, f"{len(tokens) - stop - 1} token(s) after </s>"))
-    scan = _scan(tokens, body_start, stop, meter in _COMPOUND_METERS, problems)
+    scan = _scan(tokens, body_start, stop, meter in COMPOUND_METERS, problems)
     findings = Findings(valid=False, meter=meter, mode=mode, length=len(tokens))
     if not any(scan.elements):
         problems.append(_problem("empty_body", -1, body_start, "no notes, rests or chords"))

@@ -1,7 +1,7 @@
 """Where each token falls in musical time, in eighths (L:1/8): its element's onset and its
 position in the bar.
 
-The length rules are those of transforms/validate.py (whose scanner keeps them private): a note,
+The length rules are transforms/validate.py's (its tables, imported here): a note,
 rest or chord lasts one eighth times its duration token; ``>``-style broken rhythms rescale it and
 the next element; a ``(p`` tuplet puts p notes in the time of q; a chord lasts its ``]`` duration
 times its first note's duration. Tests check the bar lengths here against ``validate.bar_lengths``.
@@ -36,30 +36,16 @@ from schemas.vocab import (
     START,
     TUPLET_TOKENS,
 )
+from transforms.validate import BROKEN_RULES, COMPOUND_METERS, tuplet_q
 
 ONE = Fraction(1)
 # broken token -> (fused duration of the first note or None, first note's factor, second note's)
 BROKEN: dict[str, tuple[Fraction | None, Fraction, Fraction]] = {
-    ">": (None, Fraction(3, 2), Fraction(1, 2)),
-    "<": (None, Fraction(1, 2), Fraction(3, 2)),
-    "2>": (None, Fraction(7, 4), Fraction(1, 4)),
-    "2<": (None, Fraction(1, 4), Fraction(7, 4)),
-    "/2>": (Fraction(1, 2), Fraction(3, 2), Fraction(1, 2)),
-    "/2<": (Fraction(1, 2), Fraction(1, 2), Fraction(3, 2)),
-    "4>": (Fraction(4), Fraction(3, 2), Fraction(1, 2)),
+    t: (Fraction(*fused) if fused else None, Fraction(*first), Fraction(*second))
+    for t, (fused, first, second) in BROKEN_RULES.items()
 }
-assert set(BROKEN) == BROKEN_TOKENS
-COMPOUND = frozenset({"6/8", "9/8", "12/8"})
+COMPOUND = COMPOUND_METERS
 _HEADER, _BAR, _TUPLET, _ELEMENT, _OTHER = range(5)
-
-
-def tuplet_q(p: int, compound: bool) -> int:
-    """Notes of a (p tuplet take the time of q (ABC 2.1, 4.13)."""
-    if p in (2, 4, 8):
-        return 3
-    if p in (3, 6):
-        return 2
-    return 3 if compound else 2
 
 
 def bar_length(meter: str | None) -> Fraction | None:
