@@ -54,6 +54,16 @@ def source_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+def summary_is_current(summary_path: str, shards: str) -> bool:
+    """The validation summary was written after every shard (validate writes it last), so the
+    findings in the shards are those of the current tunes."""
+    if not os.path.exists(summary_path) or not os.path.isdir(shards):
+        return False
+    written = os.path.getmtime(summary_path)
+    parts = [os.path.join(shards, f) for f in os.listdir(shards) if f.endswith(".parquet")]
+    return bool(parts) and all(os.path.getmtime(p) <= written for p in parts)
+
+
 def run(args: argparse.Namespace) -> int:
     from pipeline.errors import UsageError
 
@@ -92,7 +102,14 @@ def run(args: argparse.Namespace) -> int:
     start = stage(3, "validate", "bars, repeats, sections and cadences of every tune")
     shards = os.path.join(paths["generated"], "generated")
     summary_path = os.path.join(paths["generated"], "validation-summary.json")
-    run_command("validate", [shards, "--json", summary_path, *quiet])
+    if summary_is_current(summary_path, shards):
+        from transforms.validate import format_summary
+
+        print("  already done (no shard changed since): kept")
+        with open(summary_path, encoding="utf-8") as handle:
+            print(format_summary(json.load(handle)))
+    else:
+        run_command("validate", [shards, "--json", summary_path, *quiet])
     timings.append(("validate", time.perf_counter() - start))
 
     start = stage(4, "compile", f"volumes of {args.per_volume} tunes as ABC" + ("" if args.no_pdf else " and PDF")
