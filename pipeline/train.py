@@ -83,6 +83,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
+    from model.checkpoint import read_payload
     from model.data import load_tunes
     from model.network import ModelConfig
     from model.train import TrainConfig, checkpoint_paths, train
@@ -103,8 +104,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--init starts a new run and --resume continues one: give one of them")
     cfg, model_config = TrainConfig(), ModelConfig()
     if init is not None:
-        from model.checkpoint import read_payload
-
         model_config = ModelConfig.from_dict(read_payload(init)["model_config"])
         for option in ("layers", "units"):
             field = MODEL_OPTIONS[option]
@@ -112,8 +111,6 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--{option} {getattr(args, option)} differs from {init} "
                                  f"({getattr(model_config, field)}): --init keeps the checkpoint's sizes")
     if resume is not None:
-        from model.checkpoint import read_payload
-
         payload = read_payload(resume)
         if payload.get("train_state") is None:
             raise UsageError(f"{resume} holds weights but no training state (an imported model?); it can be "
