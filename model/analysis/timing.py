@@ -44,7 +44,6 @@ BROKEN: dict[str, tuple[Fraction | None, Fraction, Fraction]] = {
     t: (Fraction(*fused) if fused else None, Fraction(*first), Fraction(*second))
     for t, (fused, first, second) in BROKEN_RULES.items()
 }
-COMPOUND = COMPOUND_METERS
 _HEADER, _BAR, _TUPLET, _ELEMENT, _OTHER = range(5)
 
 
@@ -88,7 +87,7 @@ def timeline(tokens: list[str]) -> Timeline:
         if tokens[body] in METER_TOKENS and meter is None:
             meter = tokens[body][2:]
         body += 1
-    compound = meter in COMPOUND
+    compound = meter in COMPOUND_METERS
     attach = 0  # 0: nothing to rescale; 1: an element without its duration yet; 2: with one
     pending: Fraction | None = None  # the second factor of a broken rhythm
     tuplet_left, tuplet_base = 0, ONE
