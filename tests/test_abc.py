@@ -105,6 +105,23 @@ def test_bar_lines_normalise_to_the_five_bar_tokens(written, tokens):
     assert body_tokens(tune(written)) == tokens
 
 
+@pytest.mark.parametrize("body, tokens", [
+    # the Essen phrase-per-line layout: a line ending on a full bar ends that bar ...
+    ("c2B2A2B2\nc2A2B2G2", "c 2 B 2 A 2 B 2 | c 2 A 2 B 2 G 2"),
+    # ... and a line ending mid-bar (the next phrase starts with its pickup) does not
+    ("GG | c4B2\nAB | c8", "G G | c 4 B 2 A B | c 8"),
+    ("(3cBA G2 E4\nC8", "(3 c B A G 2 E 4 | C 8"),  # a tuplet counts its real length
+    ("c2B2A2B2\n|: c8 :|", "c 2 B 2 A 2 B 2 |: c 8 :|"),  # a bar line written next line stands
+    ("C8 | c2B2A2B2", "C 8 | c 2 B 2 A 2 B 2"),  # the last line's end adds nothing
+])
+def test_a_line_break_that_closes_a_full_bar_is_a_bar_line(body, tokens):
+    assert " ".join(body_tokens(tune(body))) == tokens
+
+
+def test_line_breaks_read_as_bar_lines_are_counted():
+    assert tokenize_tune(tune("c2B2A2B2\nc2A2B2G2\nC8")).removed["line_breaks_read_as_bar_lines"] == 2
+
+
 def test_endings_beyond_two_are_rejected():
     with pytest.raises(TuneRejected) as err:
         tokenize_tune(tune("A|1B:|2c:|3d|]"))

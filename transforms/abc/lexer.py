@@ -105,6 +105,7 @@ class _Lexer:
         self.key = parse_key(key_text)
         self.body = Body()
         self.pos = 0
+        self.line_closed_bar = False  # the last line break ended a full bar: a bar line if music follows
 
     def reject(self, reason: str, detail: str) -> TuneRejected:
         line = self.text.count("\n", 0, self.pos) + 1
@@ -115,6 +116,11 @@ class _Lexer:
         self.body.removed[kind] += 1
 
     def emit(self, element: Element) -> None:
+        if self.line_closed_bar:
+            self.line_closed_bar = False
+            if not isinstance(element, Bar):
+                self.body.elements.append(Bar("|"))
+                self.removed("line_breaks_read_as_bar_lines")
         self.body.elements.append(element)
 
     # -- fields inside the body -------------------------------------------------------------
@@ -158,6 +164,7 @@ class _Lexer:
             if ch == "\n":
                 at_line_start = True
                 self.pos += 1
+                self.line_end()
             elif ch in " \t\r`":
                 self.pos += 1
             elif ch == "%":
@@ -248,6 +255,25 @@ class _Lexer:
         self.pos = match.end()
         self.emit(Tuplet(p))
 
+    def line_end(self) -> None:
+        """Read a line break that closes a full bar as a bar line.
+
+        The Essen folk songs (one phrase per line) leave out the bar line at the end of a line
+        whenever the phrase ends on a bar line, and keep it out of the middle of a bar when the
+        next phrase starts with a pickup. So a line ending exactly on a full bar with no bar line
+        written ends that bar when more music follows; read literally, the two bars would merge
+        into one twice too long. (At the end of the tune nothing is added.)
+        """
+        bar_so_far: list[Element] = []
+        for element in reversed(self.body.elements):
+            if isinstance(element, Bar):
+                break
+            bar_so_far.append(element)
+        bar_so_far.reverse()
+        num, den = self.meter_token.split("/")
+        if bar_so_far and bar_duration(bar_so_far, self.meter_token) == Fraction(int(num), int(den)):
+            self.line_closed_bar = True
+
     def bar(self) -> None:
         match = _BAR_RE.match(self.text, self.pos)
         if not match:
@@ -281,6 +307,7 @@ class _Lexer:
             self.add_bar(token)
 
     def add_bar(self, token: str) -> None:
+        self.line_closed_bar = False  # a bar line written at the start of the next line stands for itself
         elements = self.body.elements
         # "| [1" written with a space is one bar line carrying the ending
         if token in ("|1", "|2") and elements and isinstance(elements[-1], Bar) and elements[-1].token == "|":
@@ -365,6 +392,22 @@ def default_tuplet_q(p: int, meter_token: str) -> int:
         return 2
     compound = meter_token in ("6/8", "9/8", "12/8")
     return 3 if compound else 2
+
+
+def bar_duration(elements: list[Element], meter_token: str) -> Fraction:
+    """Length in whole notes of the notes, chords and rests of one bar, tuplets applied.
+
+    Broken rhythms move time between two notes and leave the sum as it is.
+    """
+    total = Fraction(0)
+    ratio, left = Fraction(1), 0
+    for element in elements:
+        if isinstance(element, Tuplet):
+            ratio, left = Fraction(default_tuplet_q(element.p, meter_token), element.p), element.p
+        elif isinstance(element, (Note, Rest, Chord)):
+            total += element.length * (ratio if left else 1)
+            left = max(0, left - 1)
+    return total
 
 
 def clean_html(text: str) -> tuple[str, int]:
