@@ -116,11 +116,10 @@ class _Lexer:
         self.body.removed[kind] += 1
 
     def emit(self, element: Element) -> None:
-        if self.line_closed_bar:
+        if self.line_closed_bar:  # music follows; a written bar line would have cleared it (add_bar)
             self.line_closed_bar = False
-            if not isinstance(element, Bar):
-                self.body.elements.append(Bar("|"))
-                self.removed("line_breaks_read_as_bar_lines")
+            self.body.elements.append(Bar("|"))
+            self.removed("line_breaks_read_as_bar_lines")
         self.body.elements.append(element)
 
     # -- fields inside the body -------------------------------------------------------------
@@ -270,8 +269,7 @@ class _Lexer:
                 break
             bar_so_far.append(element)
         bar_so_far.reverse()
-        num, den = self.meter_token.split("/")
-        if bar_so_far and bar_duration(bar_so_far, self.meter_token) == Fraction(int(num), int(den)):
+        if bar_so_far and bar_duration(bar_so_far, self.meter_token) == Fraction(self.meter_token):
             self.line_closed_bar = True
 
     def bar(self) -> None:
