@@ -1,5 +1,5 @@
-"""Errors a user can fix: the CLI prints them as one line, never a traceback."""
+"""Errors a user can fix (defined in ``schemas.errors``, the bottom layer; kept here for the CLI)."""
 
+from schemas.errors import UsageError, describe_os_error
 
-class UsageError(Exception):
-    """A mistake in how a command was called or in its inputs; the message says how to fix it."""
+__all__ = ["UsageError", "describe_os_error"]

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from schemas.files import atomic_write
 from schemas.tables import FINDINGS
 from schemas.vocab import METER_TOKENS, MODE_TOKENS, TOKEN_TO_ID
 from transforms.abc.errors import TuneRejected
@@ -172,12 +173,7 @@ def shard_path(directory: str, name: str, shard: int, num_shards: int) -> str:
 
 def replace_atomically(path: str, data: bytes) -> None:
     """Write to a temporary name, then rename: readers never see half a file (any Beam filesystem)."""
-    temporary = path + ".tmp"
-    with FileSystems.create(temporary) as handle:
-        handle.write(data)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([temporary], [path])
+    atomic_write(path, data)
 
 
 def write_parquet_atomic(path: str, table: pa.Table) -> None:

@@ -1,0 +1,29 @@
+"""Errors a user can fix, defined at the bottom layer so every layer may raise them.
+
+The CLI prints them as one line, never a traceback.
+"""
+
+
+class UsageError(Exception):
+    """A mistake in how a command was called or in its inputs; the message says how to fix it."""
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line naming the path and the cause of an I/O failure (permission, no space, ...)."""
+    import errno
+    import os
+
+    cause = err.strerror or (os.strerror(err.errno) if err.errno else str(err))
+    hint = {
+        errno.EACCES: "choose a folder you can write to, or fix its permissions",
+        errno.EPERM: "choose a folder you can write to, or fix its permissions",
+        errno.EROFS: "the file system is read-only: choose another folder",
+        errno.ENOSPC: "free some space or choose another disk",
+        errno.EDQUOT: "free some space or choose another disk",
+        errno.ENOENT: "check the path",
+    }.get(err.errno or 0)
+    path = err.filename if err.filename is not None else ""
+    if err.filename2 is not None:
+        path = f"{path} -> {err.filename2}"
+    where = f"{path}: " if path else ""
+    return f"{where}{cause}" + (f" ({hint})" if hint else "")
