@@ -3,6 +3,11 @@
 Each subcommand lives in its own module exposing ``HELP`` (one line), ``add_arguments(parser)``
 and ``run(args) -> int``. Those modules import heavy dependencies (torch, beam) inside ``run``,
 so ``--help`` stays fast and a stage loads only what it needs.
+
+Every mistake ends as one line on stderr (``folkrnn CMD: error: ...``) and exit code 2: argparse
+errors, ``UsageError`` from a stage, and I/O failures (path and cause). Commands that run Beam
+pipelines (``ACCEPTS_BEAM_FLAGS``) also take Beam's own flags, checked against Beam's option
+classes, so a misspelt flag is an error rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -10,9 +15,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, describe_os_error
 
 # command name -> module that implements it
 COMMANDS: dict[str, str] = {
@@ -29,20 +35,85 @@ COMMANDS: dict[str, str] = {
     "demo": "pipeline.demo",
 }
 
+# Set to see the traceback of an unexpected error instead of its one-line summary.
+TRACEBACK_VARIABLE = "FOLKRNN_TRACEBACK"
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
-    parser = argparse.ArgumentParser(
+
+class OneLineError(Exception):
+    """An argparse error, carried to ``main`` so that it prints as one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but an error is one line naming the command and how to get help (no usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise OneLineError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+def build_parser() -> tuple[ArgumentParser, dict[str, object], dict[str, ArgumentParser]]:
+    parser = ArgumentParser(
         prog="folkrnn",
         description="Learn, generate, validate and study folk tunes in ABC notation (folk-rnn v2).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    modules = {}
+    modules, parsers = {}, {}
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         modules[name] = module
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
-    return parser, modules
+        parsers[name] = p
+    return parser, modules, parsers
+
+
+def beam_option_parser() -> argparse.ArgumentParser:
+    """A parser that knows every flag of Beam's option classes (standard, GCP, worker, SDK ...)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    classes: dict[str, type] = {}
+    for cls in PipelineOptions.__subclasses__():
+        classes.setdefault(str(cls), cls)
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - Beam's own way of collecting its flags
+    return parser
+
+
+def split_beam_flags(argv: list[str], own: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """Split a subcommand's arguments into (its own, Beam's).
+
+    A ``--flag`` the subcommand does not define but one of Beam's option classes does is Beam's,
+    with its value; everything else stays with the subcommand's parser, which rejects what it
+    does not know. Beam is only imported when some flag is not the subcommand's own.
+    """
+    own_flags = set(own._option_string_actions)  # noqa: SLF001
+    if not any(a.startswith("--") and a.split("=", 1)[0] not in own_flags for a in argv):
+        return list(argv), []
+    beam_actions = beam_option_parser()._option_string_actions  # noqa: SLF001
+    mine, beams = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            mine.extend(argv[i:])
+            break
+        name = arg.split("=", 1)[0]
+        action = beam_actions.get(name) if arg.startswith("--") and name not in own_flags else None
+        if action is None:
+            mine.append(arg)
+            i += 1
+            continue
+        beams.append(arg)
+        i += 1
+        if "=" in arg or action.nargs == 0:
+            continue
+        takes_many = action.nargs in ("*", "+") or isinstance(action.nargs, int)
+        while i < len(argv) and not argv[i].startswith("-"):
+            beams.append(argv[i])
+            i += 1
+            if not takes_many:
+                break
+    return mine, beams
 
 
 def _drop_optional_gcp_notice(record: logging.LogRecord) -> bool:
@@ -53,23 +124,46 @@ def _drop_optional_gcp_notice(record: logging.LogRecord) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.getLogger().addFilter(_drop_optional_gcp_notice)
-    parser, modules = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    parser, modules, parsers = build_parser()
+    command = argv[0] if argv and argv[0] in modules else None
+    try:
+        beam_args: list[str] = []
+        if command is not None and getattr(modules[command], "ACCEPTS_BEAM_FLAGS", False):
+            own, beam_args = split_beam_flags(argv[1:], parsers[command])
+            argv = [command, *own]
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            (parsers.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    except OneLineError as err:
+        print(err, file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 2
-    module = modules[args.command]
-    if extra and not getattr(module, "ACCEPTS_BEAM_FLAGS", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.beam_args = extra
+    args.beam_args = beam_args
+    return run_command(args.command, modules[args.command], args)
+
+
+def run_command(name: str, module, args: argparse.Namespace) -> int:
+    """Run one subcommand; whatever goes wrong is one line on stderr."""
     try:
         return int(module.run(args) or 0)
     except UsageError as err:
-        print(f"folkrnn {args.command}: error: {err}", file=sys.stderr)
+        print(f"folkrnn {name}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"folkrnn {name}: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"folkrnn {args.command}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
+        print(f"folkrnn {name}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - a bug still gets one line; the traceback is on request
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        detail = " ".join(str(err).split())[:300]
+        print(f"folkrnn {name}: error: unexpected {type(err).__name__}: {detail} (a bug: re-run with "
+              f"{TRACEBACK_VARIABLE}=1 for the traceback and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

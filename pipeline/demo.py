@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-tunes", type=int, default=30000, help="tunes to generate (default 30000)")
     parser.add_argument("--per-volume", type=int, default=3000, help="tunes per volume (default 3000)")
     parser.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for generation (default 0: torch's choice, all cores); 1 when other "
+                             "jobs share the CPU")
     parser.add_argument("--no-pdf", action="store_true", help="volumes as ABC only")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -67,6 +70,8 @@ def summary_is_current(summary_path: str, shards: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     from pipeline.errors import UsageError
 
+    if args.threads < 0:
+        raise UsageError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
     if not os.path.exists(args.checkpoint):
         raise UsageError(f"no model at {args.checkpoint}; train one with `folkrnn train` and pass --checkpoint")
     quiet = ["--quiet"] if args.quiet else []
@@ -88,15 +93,15 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(load_summary(paths["ingest"]), paths["ingest"]))
     else:
         run_command("ingest", ["--out", paths["ingest"], *quiet])
-        with open(stamp_path + ".tmp", "w") as handle:
-            json.dump(stamp, handle)
-        os.replace(stamp_path + ".tmp", stamp_path)
+        from schemas.files import atomic_write
+
+        atomic_write(stamp_path, json.dumps(stamp))
     timings.append(("ingest", time.perf_counter() - start))
 
     start = stage(2, "generate", f"{args.num_tunes} tunes with {os.path.relpath(args.checkpoint)} -> "
                                  f"{paths['generated']}")
     run_command("generate", [args.checkpoint, "--out", paths["generated"], "--num-tunes", str(args.num_tunes),
-                             "--seed", str(args.seed), *quiet])
+                             "--seed", str(args.seed), "--threads", str(args.threads), *quiet])
     timings.append(("generate", time.perf_counter() - start))
 
     start = stage(3, "validate", "bars, repeats, sections and cadences of every tune")

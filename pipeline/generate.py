@@ -6,10 +6,13 @@ import argparse
 import json
 import os
 import sys
+from fractions import Fraction
 
 from pipeline.errors import UsageError
 from pipeline.options import has_flag
 from schemas.vocab import METERS, MODES, TOKEN_TO_ID
+
+BAR_TOKENS = frozenset({"|", "|:", ":|", "|1", "|2"})
 
 HELP = "Sample tunes from a checkpoint into a Parquet dataset (resumable; --runner for Beam/Dataflow)"
 ACCEPTS_BEAM_FLAGS = True
@@ -32,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass (0: off)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="arithmetic (default fp32)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default 0: torch's choice, all cores). Use 1 when other jobs share "
+                             "the CPU: torch's threads stall when another process takes a core")
     parser.add_argument("--numbers", help="only these tunes, printed as ABC: e.g. 488 or 1-3,488")
     parser.add_argument("--overwrite", action="store_true", help="replace a run folder made with other settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -39,40 +45,118 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "(e.g. DataflowRunner, and any Beam flag) tune-number ranges become Beam elements.")
 
 
+MAX_NUMBERS = 100_000  # --numbers prints ABC to the terminal; a whole run belongs in a run folder
+
+
 def parse_numbers(text: str) -> list[int]:
-    numbers: list[int] = []
+    """``488`` or ``1-3,488`` -> [1, 2, 3, 488]; ranges checked before anything is allocated."""
+    spans: list[tuple[int, int]] = []
     for part in text.split(","):
         part = part.strip()
         try:
             if "-" in part:
                 first, last = (int(x) for x in part.split("-", 1))
-                numbers.extend(range(first, last + 1))
             else:
-                numbers.append(int(part))
+                first = last = int(part)
         except ValueError:
             raise UsageError(f"--numbers takes numbers and ranges like 488 or 1-3,488, not {part!r}") from None
-    if any(n < 1 for n in numbers):
-        raise UsageError("tune numbers start at 1")
-    return numbers
+        if first < 1:
+            raise UsageError(f"tune numbers start at 1 (--numbers {part})")
+        if last < first:
+            raise UsageError(f"--numbers range {part} runs backwards; write {last}-{first}")
+        spans.append((first, last))
+    count = sum(last - first + 1 for first, last in spans)
+    if count > MAX_NUMBERS:
+        raise UsageError(f"--numbers asks for {count:,} tunes; at most {MAX_NUMBERS:,} are printed at once "
+                         "(for a whole run use --num-tunes and --out)")
+    return [n for first, last in spans for n in range(first, last + 1)]
 
 
 def build_prime(meter: str | None, mode: str | None, prime: str | None) -> list[str]:
-    """The prime tokens from --meter, --mode and --prime (tokens or an ABC fragment)."""
+    """The prime tokens from --meter, --mode and --prime (tokens or an ABC fragment).
+
+    A prime is checked against its meter: every bar closed on both sides must be a full bar of
+    it. Without --meter (and without an M: token) the meter the bars imply is primed, so the
+    model cannot pick one the bars do not fit; when several fit, the user is asked to choose.
+    """
     if meter is not None and meter not in METERS:
         raise UsageError(f"unknown meter {meter!r}; valid meters: {', '.join(METERS)}")
     if mode is not None and mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
-    head = [f"M:{meter}" if meter else "*", f"K:C{mode}" if mode else "*"] if (meter or mode) else []
     if not prime:
-        return head
+        return [f"M:{meter}" if meter else "*", f"K:C{mode}" if mode else "*"] if (meter or mode) else []
     parts = prime.split()
     if all(p == "*" or p in TOKEN_TO_ID for p in parts):
         tokens = parts
     else:
         tokens = _tokenize_fragment(prime, meter, mode)
     if tokens[:1] and tokens[0].startswith("M:"):
+        check_prime_bars(tokens[2:], tokens[0][2:])
         return tokens
-    return (head or ["*", "*"]) + tokens
+    fitting = check_prime_bars(tokens, meter)
+    if meter is None and fitting is not None:
+        meter = fitting
+        note(f"--prime: its bars fit M:{meter} only, so every tune is primed in M:{meter} (--meter to choose)")
+    head = [f"M:{meter}" if meter else "*", f"K:C{mode}" if mode else "*"]
+    return head + tokens
+
+
+def note(message: str) -> None:
+    print(f"folkrnn generate: {message}", file=sys.stderr)
+
+
+def closed_bars(body: list[str]) -> list[list[str]]:
+    """The bars of a prime's body that have a bar line on both sides (a pickup or an open last bar
+    says nothing about the meter)."""
+    bars, current, opened = [], [], False
+    for token in body:
+        if token in BAR_TOKENS:
+            if opened and current:
+                bars.append(current)
+            current, opened = [], True
+        else:
+            current.append(token)
+    return bars
+
+
+def check_prime_bars(body: list[str], meter: str | None) -> str | None:
+    """Refuse a prime whose full bars do not fit ``meter``; without a meter, the one meter they fit.
+
+    Returns the implied meter (None when a meter was given, or the prime has no closed bar).
+    """
+    from transforms.validate import bar_lengths
+
+    bars = closed_bars([t for t in body if t != "*"])
+    if not bars:
+        return None
+
+    def fits(candidate: str) -> int | None:
+        """The number (1-based) of the first bar that is not a full bar of ``candidate``, or None."""
+        full = Fraction(candidate) * 8
+        for number, bar in enumerate(bars, 1):
+            if sum(bar_lengths([f"M:{candidate}", "K:Cmaj", "|", *bar, "|"])) != full:
+                return number
+        return None
+
+    def eighths(candidate: str, bar: list[str]) -> str:
+        length = sum(bar_lengths([f"M:{candidate}", "K:Cmaj", "|", *bar, "|"]))
+        return f"{length} eighth{'s' if length != 1 else ''}"
+
+    if meter is not None:
+        wrong = fits(meter)
+        if wrong is not None:
+            bar = bars[wrong - 1]
+            raise UsageError(f"--prime bar {wrong} ({' '.join(bar)}) is {eighths(meter, bar)} long, but a bar of "
+                             f"M:{meter} is {Fraction(meter) * 8} eighths: fix the prime or choose another --meter")
+        return None
+    fitting = [m for m in METERS if fits(m) is None]
+    if len(fitting) == 1:
+        return fitting[0]
+    if not fitting:
+        lengths = ", ".join(eighths("4/4", bar) for bar in bars)
+        raise UsageError(f"--prime bars of {lengths} fit no meter of the vocabulary ({', '.join(METERS)}): "
+                         "make every bar between two bar lines a full bar")
+    raise UsageError(f"--prime bars fit {' and '.join('M:' + m for m in fitting)}: say which with --meter")
 
 
 def _tokenize_fragment(fragment: str, meter: str | None, mode: str | None) -> list[str]:
@@ -82,11 +166,16 @@ def _tokenize_fragment(fragment: str, meter: str | None, mode: str | None) -> li
     has_header = any(line.strip().startswith("K:") for line in fragment.splitlines())
     text = fragment if has_header else f"X:1\nM:{meter or '4/4'}\nL:1/8\nK:C{mode or 'maj'}\n{fragment}\n"
     try:
-        tokens = tokenize_tune(text).tokens
+        tokenized = tokenize_tune(text)
     except TuneRejected as err:
         raise UsageError(f"cannot read --prime as tokens or ABC: {err.detail}. Tokens must be from the v2 "
                          f"vocabulary (e.g. 'M:6/8 K:Cmaj |: G'), or give ABC like '|:GABc dedB|'") from None
-    return tokens if has_header else tokens[2:]
+    tokens = tokenized.tokens if has_header else tokenized.tokens[2:]
+    if tokenized.removed:
+        dropped = ", ".join(f"{what.replace('_', ' ')} {count}" for what, count in sorted(tokenized.removed.items()))
+        note(f"warning: --prime: dropped what the vocabulary cannot say ({dropped}); the prime is: "
+             f"{' '.join(tokens)}")
+    return tokens
 
 
 def check(args: argparse.Namespace) -> None:
@@ -95,6 +184,8 @@ def check(args: argparse.Namespace) -> None:
                          "model/demo.pt)")
     if not 0.01 <= args.temperature <= 10:
         raise UsageError(f"--temperature must be between 0.01 and 10, got {args.temperature}")
+    if args.threads < 0:
+        raise UsageError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
     for name in ("num_tunes", "batch_size", "shard_size", "max_tokens"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -120,6 +211,11 @@ def cpu_has_bf16() -> bool:
 def run(args: argparse.Namespace) -> int:
     check(args)
     prime = build_prime(args.meter, args.mode, args.prime)
+    numbers = parse_numbers(args.numbers) if args.numbers else None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from model.checkpoint import checkpoint_id
     from model.generate import RunSettings
 
@@ -127,17 +223,16 @@ def run(args: argparse.Namespace) -> int:
     settings = RunSettings(checkpoint_id=checkpoint_hash, num_tunes=args.num_tunes, seed=args.seed,
                            temperature=args.temperature, prime=tuple(prime), max_tokens=args.max_tokens,
                            top_k=args.top_k, top_p=args.top_p, dtype=args.dtype, shard_size=args.shard_size)
-    if args.numbers:
-        return print_numbers(args, settings)
+    if numbers is not None:
+        return print_numbers(args, settings, numbers)
     return generate_run(args, settings)
 
 
-def print_numbers(args: argparse.Namespace, settings) -> int:
+def print_numbers(args: argparse.Namespace, settings, numbers: list[int]) -> int:
     from model.generate import load_sampler, tune_row
     from model.sample import sample_in_order
 
     sampler = load_sampler(args.checkpoint, args.dtype, args.device)
-    numbers = parse_numbers(args.numbers)
     tunes = sample_in_order(sampler, numbers, batch_size=min(args.batch_size, len(numbers)),
                             **settings.sample_kwargs())
     for tune in tunes:
@@ -208,5 +303,6 @@ def run_on_beam(args: argparse.Namespace, settings, todo: list) -> None:
         (
             pipeline
             | "ShardRanges" >> beam.Create(todo)
-            | "Generate" >> GenerateTunes(args.checkpoint, settings, args.out, args.batch_size, args.device)
+            | "Generate" >> GenerateTunes(args.checkpoint, settings, args.out, args.batch_size, args.device,
+                                             threads=args.threads)
         )

@@ -13,6 +13,7 @@ def describe_os_error(err: OSError) -> str:
     import errno
     import os
 
+    err = _innermost_os_error(err)
     cause = err.strerror or (os.strerror(err.errno) if err.errno else str(err))
     hint = {
         errno.EACCES: "choose a folder you can write to, or fix its permissions",
@@ -27,3 +28,19 @@ def describe_os_error(err: OSError) -> str:
         path = f"{path} -> {err.filename2}"
     where = f"{path}: " if path else ""
     return f"{where}{cause}" + (f" ({hint})" if hint else "")
+
+
+def _innermost_os_error(err: OSError) -> OSError:
+    """The OSError that carries errno and path: Beam's filesystems wrap the real one in another."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while isinstance(current, BaseException) and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        inner = current.args[0] if current.args and isinstance(current.args[0], BaseException) else None
+        exceptions = getattr(current, "exception_details", None)  # Beam's BeamIOError: {path: error}
+        if inner is None and isinstance(exceptions, dict) and exceptions:
+            inner = next(iter(exceptions.values()))
+        current = inner or current.__cause__ or current.__context__
+    return err

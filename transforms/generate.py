@@ -18,13 +18,18 @@ from model.generate import RunSettings, generate_shards, load_sampler, shard_don
 class _GenerateShard(beam.DoFn):
     """Loads the checkpoint once per worker (on its GPU when it has one); samples whole shards."""
 
-    def __init__(self, checkpoint: str, settings: RunSettings, out: str, batch_size: int, device: str):
+    def __init__(self, checkpoint: str, settings: RunSettings, out: str, batch_size: int, device: str,
+                 threads: int = 0):
         self.checkpoint, self.settings, self.out = checkpoint, settings, out
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device, self.threads = batch_size, device, threads
         self.tunes = Metrics.counter("generate", "tunes")
         self.shards = Metrics.counter("generate", "shards")
 
     def setup(self) -> None:
+        if self.threads:  # one worker process per core wants one thread each
+            import torch
+
+            torch.set_num_threads(self.threads)
         self.sampler = load_sampler(self.checkpoint, self.settings.dtype, self.device)
         logging.info("generate: sampler on %s", self.sampler.device)
 
@@ -47,15 +52,16 @@ class GenerateTunes(beam.PTransform):
     """
 
     def __init__(self, checkpoint: str, settings: RunSettings, out: str, batch_size: int = 1024,
-                 device: str = "auto"):
+                 device: str = "auto", threads: int = 0):
         super().__init__()
         self.checkpoint, self.settings, self.out = checkpoint, settings, out
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device, self.threads = batch_size, device, threads
 
     def expand(self, shards):
         return (
             shards
             | "SpreadShards" >> beam.Reshuffle()
             | "SampleShard" >> beam.ParDo(
-                _GenerateShard(self.checkpoint, self.settings, self.out, self.batch_size, self.device))
+                _GenerateShard(self.checkpoint, self.settings, self.out, self.batch_size, self.device,
+                               self.threads))
         )
