@@ -19,22 +19,28 @@ machine-made and must not include files or inject PostScript.
 from __future__ import annotations
 
 import bisect
+import ctypes
+import glob
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from schemas.files import atomic_write, temporary_name
 from schemas.tables import CORPUS, FINDINGS_FIELDS, GENERATED, VALIDATED
 from transforms.abc.tokenize import detokenize
 from transforms.titles import title_for
@@ -48,6 +54,9 @@ CONTENTS_ROWS = 80  # rows per column of a contents page (two columns a page); f
 ABCM2PS_TIMEOUT = 300  # seconds; one pass over 3,000 tunes takes under one
 GS_TIMEOUT = 900  # seconds; ghostscript takes some 6-10 s per 1,000 pages here
 ABC2MIDI_TIMEOUT = 300
+# Work folders, dot-prefixed beside the outputs (readers skip them; see remove_leftovers).
+TYPESET_PREFIX = ".typeset-"
+MIDI_PREFIX = ".midi-"
 
 # Page and music layout for abcm2ps (format parameters, not PostScript: allowed in secure mode).
 # Fonts used by the front matter must be declared before any output. ``linewarn 0`` silences
@@ -256,9 +265,45 @@ class Typeset:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _run(command: list[str], timeout: float, cwd: str | None = None) -> subprocess.CompletedProcess:
+# --- Processes that die with their parent ------------------------------------------------------
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        return subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout, cwd=cwd)
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up once here, not in the forked child: a preexec function should do as little as it can.
+_PRCTL = _load_prctl()
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when ``parent`` (the pid that started it) dies.
+
+    A kill -9 of ``folkrnn compile`` runs no cleanup, so its pool workers, abcm2ps and
+    ghostscript would run on under PID 1 and write into the output folder. Linux only (prctl
+    PR_SET_PDEATHSIG); elsewhere a no-op. If the parent is already gone (it died between the
+    fork and this call, so the signal will never come), the process ends itself at once.
+    """
+    if _PRCTL is None:
+        return
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _run(command: list[str], timeout: float, cwd: str | None = None) -> subprocess.CompletedProcess:
+    parent = os.getpid()
+    try:
+        # The tool dies with this process: see die_with_parent. (The signal is sent when the
+        # thread that started the tool ends; _run waits for the tool, so that thread outlives it.)
+        return subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout, cwd=cwd,
+                              preexec_fn=(lambda: die_with_parent(parent)) if _PRCTL is not None else None)
     except FileNotFoundError:
         raise RuntimeError(f"{command[0]} is not installed (apt-get install abcm2ps abcmidi ghostscript)") from None
     except subprocess.TimeoutExpired:
@@ -288,11 +333,15 @@ def typeset_volume(abc_text: str, pdf_path: str, *, volume: int, n_volumes: int,
     """Typeset a volume's ABC as a PDF with a title page and contents; returns where each tune is.
 
     Two abcm2ps passes (see the module docstring), then ghostscript. The PDF is written to a
-    temporary name and renamed, so ``pdf_path`` is either the old file or the complete new one.
+    unique temporary name beside it and renamed, so ``pdf_path`` is either the old file or the
+    complete new one. The work folder sits beside it too (dot-prefixed): one a kill -9 leaves
+    behind is removed by the next run (``remove_leftovers``), not left in /tmp.
     """
     seconds: dict[str, float] = {}
     starts = tune_start_lines(abc_text)
-    with tempfile.TemporaryDirectory(prefix="folkrnn-typeset-") as workdir:
+    folder = os.path.dirname(os.path.abspath(pdf_path))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=TYPESET_PREFIX, dir=folder) as workdir:
         pages: dict[int, int] | None = None
         for attempt in ("pass1", "pass2"):
             preamble = ["%abc-2.1", LAYOUT, *front_matter(book_title, volume, n_volumes, entries, pages), ""]
@@ -309,14 +358,19 @@ def typeset_volume(abc_text: str, pdf_path: str, *, volume: int, n_volumes: int,
         info_path = os.path.join(workdir, "docinfo.ps")
         with open(info_path, "w", encoding="ascii") as handle:
             handle.write(_docinfo(f"{plain_text(book_title)}, Volume {volume} of {n_volumes}"))
-        tmp_pdf = os.path.join(os.path.dirname(os.path.abspath(pdf_path)), f".{os.path.basename(pdf_path)}.tmp")
-        gs = _run(["gs", "-q", "-dBATCH", "-dNOPAUSE", "-dSAFER", "-sDEVICE=pdfwrite", f"-sOutputFile={tmp_pdf}",
-                   os.path.join(workdir, "pass2.ps"), info_path], GS_TIMEOUT)
-        if gs.returncode != 0:
-            if os.path.exists(tmp_pdf):
-                os.remove(tmp_pdf)
-            raise RuntimeError(f"ghostscript failed (exit {gs.returncode}): {(gs.stderr or gs.stdout).strip()[-300:]}")
-        os.replace(tmp_pdf, pdf_path)
+        # ghostscript writes the file itself, so it gets a unique temporary name (two runs, or a
+        # run and the leftovers of a killed one, never share it) and the rename is ours.
+        pdf_temporary = temporary_name(os.path.abspath(pdf_path))
+        try:
+            gs = _run(["gs", "-q", "-dBATCH", "-dNOPAUSE", "-dSAFER", "-sDEVICE=pdfwrite",
+                       f"-sOutputFile={pdf_temporary}", os.path.join(workdir, "pass2.ps"), info_path], GS_TIMEOUT)
+            if gs.returncode != 0:
+                raise RuntimeError(f"ghostscript failed (exit {gs.returncode}): "
+                                   f"{(gs.stderr or gs.stdout).strip()[-300:]}")
+            os.replace(pdf_temporary, pdf_path)
+        finally:
+            if os.path.exists(pdf_temporary):
+                os.remove(pdf_temporary)
         seconds["ghostscript"] = time.perf_counter() - start
     return Typeset(pages=pages or {}, page_count=page_count, front_pages=1 + contents_pages(len(entries)),
                    messages=messages, returncode=proc.returncode, seconds=seconds)
@@ -331,7 +385,7 @@ def make_midi(abc_text: str, midi_dir: str) -> tuple[int, list[dict]]:
     parent = os.path.dirname(os.path.abspath(midi_dir))
     os.makedirs(parent, exist_ok=True)
     starts = tune_start_lines(abc_text)
-    work = tempfile.mkdtemp(prefix=".midi-", dir=parent)
+    work = tempfile.mkdtemp(prefix=MIDI_PREFIX, dir=parent)
     try:
         with open(os.path.join(work, "tune-.abc"), "w", encoding="utf-8") as handle:
             handle.write(abc_text)
@@ -418,12 +472,19 @@ def input_hash(table: pa.Table, **options: object) -> str:
     return digest.hexdigest()
 
 
-def write_atomic(path: str, data: str | bytes) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
+def write_atomic(path: str, data: str | bytes | Callable[[BinaryIO], None]) -> None:
+    """``schemas.files.atomic_write`` into a folder made if missing; an I/O error names ``path``.
+
+    The error is re-raised with the path: a failed write or fsync (a full disk) carries none,
+    and a failed temporary file names only the temporary name.
+    """
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write(path, data)
+    except OSError as err:
+        if err.errno is None or err.filename == path:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), path) from err
 
 
 def corpus_partition(out_dir: str, volume: int) -> str:
@@ -437,10 +498,34 @@ def write_corpus_partition(table: pa.Table, pages: Mapping[int, int] | None, pat
     """
     page = pa.array([(pages or {}).get(n) for n in table.column("number").to_pylist()], pa.int32())
     corpus = table.select(VALIDATED.names).append_column(CORPUS.field("page"), page).cast(CORPUS)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-    pq.write_table(corpus, tmp, compression="zstd")
-    os.replace(tmp, path)
+    write_atomic(path, lambda handle: pq.write_table(corpus, handle, compression="zstd"))
+
+
+# Temporary names in the output folder: what atomic_write and temporary_name make for volume
+# files and corpus partitions, the typesetting work folders and the MIDI folders being filled.
+LEFTOVER_PATTERNS = (
+    os.path.join("volumes", ".folkrnn-volume-*.tmp"),
+    os.path.join("volumes", TYPESET_PREFIX + "*"),
+    os.path.join("volumes", "midi", MIDI_PREFIX + "*"),
+    os.path.join("corpus", "volume=*", ".part-0.parquet.*.tmp"),
+)
+
+
+def remove_leftovers(out_dir: str) -> list[str]:
+    """Remove the temporary files and folders a killed run left in ``out_dir``; returns them.
+
+    Only safe while no other run writes there (``folkrnn compile`` holds a lock on the folder).
+    """
+    found = [p for pattern in LEFTOVER_PATTERNS for p in glob.glob(os.path.join(glob.escape(out_dir), pattern))]
+    for path in found:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+    return found
 
 
 # --- One volume, start to finish ----------------------------------------------------------------

@@ -10,11 +10,16 @@ Outputs under ``--out``::
 
 A volume whose report records the same input hash (its rows, the options and the code that
 writes it) and whose files are present is skipped, so a re-run only rebuilds what changed.
+
+A run holds a lock on ``--out`` (one run writes there at a time) and first removes what a killed
+run left there (dot-prefixed temporary files and work folders). Pool workers, abcm2ps and
+ghostscript die with the run, even with kill -9 (Linux: ``books.die_with_parent``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import hashlib
 import os
@@ -22,8 +27,9 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, describe_os_error
 
 HELP = "Compile generated tunes into numbered volumes (ABC, typeset PDF with contents, MIDI) and a corpus"
 CODE_FILES = ("pipeline/books.py", "transforms/abc/tokenize.py", "transforms/titles.py")
@@ -131,6 +137,13 @@ def plan_jobs(args: argparse.Namespace, table) -> list:
     return jobs
 
 
+def start_worker(parent: int) -> None:
+    """Pool initializer: the worker (and so the tools it runs) dies with the compile process."""
+    from pipeline.books import die_with_parent
+
+    die_with_parent(parent)
+
+
 def build(job):
     """Worker entry point (runs in a pool process)."""
     from pipeline.books import build_volume
@@ -153,6 +166,35 @@ def remove_stale(out_dir: str, jobs: list) -> None:
             shutil.rmtree(path)
 
 
+@contextlib.contextmanager
+def output_lock(out_dir: str) -> Iterator[None]:
+    """Hold an exclusive lock on the ``--out`` folder (made if missing) for the block.
+
+    A lock on the folder itself (flock of its descriptor), so no lock file is left behind; the
+    kernel drops it when the process ends, kill -9 included. Without fcntl (not POSIX) no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    fd = os.open(out_dir, os.O_RDONLY)  # not inherited by workers or tools (PEP 446)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another folkrnn compile is writing to {out_dir}: wait for it to end or give "
+                             "another --out") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def failure_text(err: Exception) -> str:
+    return describe_os_error(err) if isinstance(err, OSError) else str(err)
+
+
 def run_jobs(todo: list, n_workers: int, quiet: bool) -> tuple[dict[int, dict], dict[int, str]]:
     """Build volumes, ``n_workers`` at a time in a process pool; returns reports and failures."""
     import multiprocessing
@@ -168,18 +210,21 @@ def run_jobs(todo: list, n_workers: int, quiet: bool) -> tuple[dict[int, dict], 
             try:
                 reports[job.volume] = build(job)
             except (RuntimeError, OSError) as err:
-                failures[job.volume] = str(err)
+                failures[job.volume] = failure_text(err)
             bar.update()
     else:
-        # spawn, not fork: the parent has DuckDB and Arrow thread pools that a fork would copy mid-flight
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # spawn, not fork: the parent has DuckDB and Arrow thread pools that a fork would copy mid-flight.
+        # The workers are started from this (the main) thread, which lives as long as the run:
+        # the kernel's parent-death signal follows the thread that started a process.
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=start_worker, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(build, job): job for job in todo}
             for future in as_completed(futures):
                 job = futures[future]
                 try:
                     reports[job.volume] = future.result()
                 except (RuntimeError, OSError) as err:
-                    failures[job.volume] = str(err)
+                    failures[job.volume] = failure_text(err)
                 bar.update()
     bar.close()
     return reports, failures
@@ -187,14 +232,20 @@ def run_jobs(todo: list, n_workers: int, quiet: bool) -> tuple[dict[int, dict], 
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    from pipeline.books import read_report, up_to_date
-
     start = time.perf_counter()
     table = select_tunes(load_tunes(args.dataset), args.tunes, args.where)
     if table.num_rows == 0:
         raise UsageError(f"no tunes selected from {args.dataset} (--tunes {args.tunes}"
                          + (f", --where {args.where!r}" if args.where else "") + ")")
     jobs = plan_jobs(args, table)
+    with output_lock(args.out):  # only now: a mistake in the arguments makes no folder
+        return write_volumes(args, table, jobs, start)
+
+
+def write_volumes(args: argparse.Namespace, table, jobs: list, start: float) -> int:
+    from pipeline.books import read_report, remove_leftovers, up_to_date
+
+    remove_leftovers(args.out)  # safe: the lock keeps other runs out of this folder
     todo = [j for j in jobs if args.force or not up_to_date(j)]
     print(f"compile: {table.num_rows} tunes -> {len(jobs)} volume{'s' if len(jobs) != 1 else ''} of up to "
           f"{args.per_volume}; {len(jobs) - len(todo)} up to date, {len(todo)} to build", flush=True)

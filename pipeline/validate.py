@@ -12,23 +12,27 @@ or ``tunes/`` folder of them):
   with rule changes.
 * any other table with a ``tokens`` column keeps its columns and gets the findings after them.
 
-Every shard is rewritten atomically (a temporary file in its folder, then ``os.replace``) with
-exactly its rows in their order, and the same input gives the same bytes, so running twice
-changes nothing. ``--summary-only`` validates and summarises without writing.
+Every shard is rewritten atomically (``schemas.files.atomic_write``: a dot-prefixed temporary
+file in its folder, which dataset readers skip, then a rename) with exactly its rows in their
+order, and the same input gives the same bytes, so running twice changes nothing.
+``--summary-only`` validates and summarises without writing. A failed write (a full disk, a file
+too large) is an OSError naming the file and the cause, which the CLI prints as one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
-import tempfile
+import stat
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
 from pipeline.errors import UsageError
+from schemas.files import atomic_write
 
 HELP = "Add the validator's findings (valid, reasons, bars, form ...) to a dataset's Parquet shards and summarise"
 NESTED = ("generated", "tunes")  # where generate and ingest put their shards
@@ -106,19 +110,32 @@ def with_findings(table: Any, findings: list) -> Any:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """An OSError in the block re-raised as naming ``path``, with its own errno and cause.
+
+    A failed write or fsync (no space, file too large) carries no file name, and a failed
+    temporary file names the temporary: the user needs the file they asked for.
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.errno is None or err.filename == path:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), path) from err
+
+
 def write_atomic(path: str, table: Any) -> None:
-    """Write next to ``path`` and rename over it: a reader sees the old file or the new one."""
+    """Rewrite the shard ``path`` atomically: a reader sees the old file or the new one."""
     import pyarrow.parquet as pq
 
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".validate-", suffix=".tmp")
-    os.close(handle)
-    try:
-        pq.write_table(table, temporary, compression="zstd")
-        os.chmod(temporary, os.stat(path).st_mode & 0o777)  # mkstemp makes it private; keep the shard's mode
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    with naming(path):
+        # To a handle, not a path: on failure Arrow deletes a file it was given by name, which
+        # made the old cleanup fail with FileNotFoundError and hide the real cause.
+        atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
+        if stat.S_IMODE(os.stat(path).st_mode) != mode:
+            os.chmod(path, mode)  # keep the shard's mode (atomic_write gives the umask's)
 
 
 def validate_shard(path: str, write: bool = True) -> tuple[int, Any]:
@@ -174,6 +191,8 @@ def validate_dataset(dataset: str, write: bool = True, workers: int = 1, quiet: 
 def run(args: argparse.Namespace) -> int:
     from transforms.validate import format_summary
 
+    if args.json:
+        check_json_path(args.json)  # before the work, not after it
     summary = validate_dataset(args.dataset, write=not args.summary_only, workers=args.workers, quiet=args.quiet)
     done = "findings written to every shard" if summary["written"] else "nothing written (--summary-only)"
     print(f"validate: {summary['rows']} tunes in {summary['shards']} shard(s) of {summary['dataset']}; {done}")
@@ -183,11 +202,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_json(path: str, value: dict) -> None:
+def check_json_path(path: str) -> None:
+    """A UsageError when ``--json FILE`` cannot be a file: its folder is missing or not a folder."""
     folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise UsageError(f"--json {path} is a folder: give a file name, e.g. {os.path.join(path, 'summary.json')}")
+    if not os.path.exists(folder):
+        raise UsageError(f"cannot write --json {path}: no folder {folder}")
     if not os.path.isdir(folder):
-        raise UsageError(f"cannot write {path}: no folder {folder}")
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".validate-", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(value, out, indent=2)
-    os.replace(temporary, path)
+        raise UsageError(f"cannot write --json {path}: {folder} is not a folder")
+
+
+def write_json(path: str, value: dict) -> None:
+    """The summary as JSON: atomically for a file, straight into a device or pipe (/dev/stdout)."""
+    check_json_path(path)
+    text = json.dumps(value, indent=2)
+    with naming(path):
+        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            # A rename would replace the device node itself (as root, /dev/stdout or a fifo).
+            with open(path, "w", encoding="utf-8") as out:
+                out.write(text)
+        else:
+            atomic_write(path, text)
