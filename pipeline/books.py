@@ -473,18 +473,9 @@ def input_hash(table: pa.Table, **options: object) -> str:
 
 
 def write_atomic(path: str, data: str | bytes | Callable[[BinaryIO], None]) -> None:
-    """``schemas.files.atomic_write`` into a folder made if missing; an I/O error names ``path``.
-
-    The error is re-raised with the path: a failed write or fsync (a full disk) carries none,
-    and a failed temporary file names only the temporary name.
-    """
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        atomic_write(path, data)
-    except OSError as err:
-        if err.errno is None or err.filename == path:
-            raise
-        raise OSError(err.errno, err.strerror or str(err), path) from err
+    """``schemas.files.atomic_write`` into a folder made if missing."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, data)
 
 
 def corpus_partition(out_dir: str, volume: int) -> str:

@@ -22,7 +22,6 @@ too large) is an OSError naming the file and the cause, which the CLI prints as 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import json
 import os
@@ -110,32 +109,16 @@ def with_findings(table: Any, findings: list) -> Any:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-@contextlib.contextmanager
-def naming(path: str) -> Iterator[None]:
-    """An OSError in the block re-raised as naming ``path``, with its own errno and cause.
-
-    A failed write or fsync (no space, file too large) carries no file name, and a failed
-    temporary file names the temporary: the user needs the file they asked for.
-    """
-    try:
-        yield
-    except OSError as err:
-        if err.errno is None or err.filename == path:
-            raise
-        raise OSError(err.errno, err.strerror or str(err), path) from err
-
-
 def write_atomic(path: str, table: Any) -> None:
     """Rewrite the shard ``path`` atomically: a reader sees the old file or the new one."""
     import pyarrow.parquet as pq
 
     mode = stat.S_IMODE(os.stat(path).st_mode)
-    with naming(path):
-        # To a handle, not a path: on failure Arrow deletes a file it was given by name, which
-        # made the old cleanup fail with FileNotFoundError and hide the real cause.
-        atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
-        if stat.S_IMODE(os.stat(path).st_mode) != mode:
-            os.chmod(path, mode)  # keep the shard's mode (atomic_write gives the umask's)
+    # To a handle, not a path: on failure Arrow deletes a file it was given by name, which
+    # made the old cleanup fail with FileNotFoundError and hide the real cause.
+    atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
+    if stat.S_IMODE(os.stat(path).st_mode) != mode:
+        os.chmod(path, mode)  # keep the shard's mode (atomic_write gives the umask's)
 
 
 def validate_shard(path: str, write: bool = True) -> tuple[int, Any]:
@@ -217,10 +200,12 @@ def write_json(path: str, value: dict) -> None:
     """The summary as JSON: atomically for a file, straight into a device or pipe (/dev/stdout)."""
     check_json_path(path)
     text = json.dumps(value, indent=2)
-    with naming(path):
-        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
-            # A rename would replace the device node itself (as root, /dev/stdout or a fifo).
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        # A rename would replace the device node itself (as root, /dev/stdout or a fifo).
+        try:
             with open(path, "w", encoding="utf-8") as out:
                 out.write(text)
-        else:
-            atomic_write(path, text)
+        except OSError as err:  # a failed write (no space) carries no file name
+            raise OSError(err.errno, err.strerror or str(err), path) from err
+    else:
+        atomic_write(path, text)

@@ -38,8 +38,18 @@ def atomic_write(path: str, data: bytes | str | Callable[[BinaryIO], None]) -> N
     """Write ``data`` (bytes, text as UTF-8, or a function writing to a binary handle) to ``path``.
 
     Readers see the old file or the new one, never half of either. A failure removes the
-    temporary file and re-raises the real cause.
+    temporary file and re-raises the real cause as an OSError naming ``path``: a failed write or
+    fsync (a full disk) carries no file name, and a failed temporary file names only the temporary.
     """
+    try:
+        _atomic_write(path, data)
+    except OSError as err:
+        if err.errno is None or err.filename == path:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), path) from err
+
+
+def _atomic_write(path: str, data: bytes | str | Callable[[BinaryIO], None]) -> None:
     if isinstance(data, str):
         data = data.encode("utf-8")
     if _is_local(path):
