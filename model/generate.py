@@ -88,10 +88,10 @@ def tune_row(tune, settings: RunSettings) -> dict:
     """A GENERATED row for one sampled tune."""
     from transforms.abc.tokenize import detokenize
     from transforms.titles import title_for
+    from transforms.validate import meter_and_mode
 
     tokens = tune.tokens
-    meter = next((t[2:] for t in tokens if t.startswith("M:")), None)
-    mode = next((t[3:] for t in tokens if t.startswith("K:C")), None)
+    meter, mode = meter_and_mode(tokens)
     title = title_for(tune.number, meter)
     return {
         "number": tune.number,

@@ -64,14 +64,17 @@ class DatasetStats:
     durations: Counter = field(default_factory=Counter)
 
     def add(self, tokens: list[str], findings: dict) -> None:
+        from transforms.validate import meter_and_mode
+
         self.tunes += 1
         self.valid += bool(findings["valid"])
         self.ends_on_tonic += bool(findings["ends_on_tonic"])
         self.standard_form += bool(findings["standard_form"])
         self.lengths.append(len(tokens))
         self.bars.append(int(findings["bar_count"] or 0))
-        self.meters[_header(tokens, "M:", 2)] += 1
-        self.modes[_header(tokens, "K:C", 3)] += 1
+        meter, mode = meter_and_mode(tokens)
+        self.meters[meter or "?"] += 1
+        self.modes[mode or "?"] += 1
         self.forms[findings["form"] or "(none)"] += 1
         self.reasons.update(set(findings["reasons"] or []))
         count_notes(tokens, self.pitches, self.durations)
@@ -99,10 +102,6 @@ class DatasetStats:
             "length_histogram": dict(sorted(Counter(self.lengths).items())),
             "bars_histogram": dict(sorted(Counter(self.bars).items())),
         }
-
-
-def _header(tokens: list[str], prefix: str, cut: int) -> str:
-    return next((t[cut:] for t in tokens[:3] if t.startswith(prefix)), "?")
 
 
 def _spread(values: list[int]) -> dict[str, float]:

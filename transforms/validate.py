@@ -441,6 +441,16 @@ def _parse_header(tokens: list, problems: list) -> tuple[str | None, str | None,
     return meter, mode, i
 
 
+def meter_and_mode(tokens: Sequence[str]) -> tuple[str | None, str | None]:
+    """A tune's meter and mode: its first M: and K: tokens in the header run (``<s>`` allowed first).
+
+    The one definition used everywhere (validator findings, generated rows, compare, stats): an M:
+    or K: token after the first body token is not the tune's meter or mode but a body error.
+    """
+    meter, mode, _ = _parse_header(list(tokens), [])
+    return meter, mode
+
+
 def _is_header_token(token: Any) -> bool:
     return isinstance(token, str) and (token in METER_TOKENS or token in MODE_TOKENS)
 
