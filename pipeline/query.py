@@ -2,9 +2,12 @@
 
 The engine is DuckDB: ``--where`` is a SQL boolean expression (``meter = '6/8' AND mode = 'dor'
 AND valid``, ``len(tokens) > 200``, ``list_contains(reasons, 'bar_too_long')``), parsed by
-DuckDB as one expression (never a statement), and DuckDB pushes the filter and the column list
-down into the Parquet scan: hive partitions that cannot match (``volume = 3``) are not opened,
-row groups are skipped by their min/max statistics and only the needed columns are read.
+DuckDB as one expression (never a statement). pyarrow opens the Parquet files and DuckDB scans
+them as an Arrow dataset on a connection that can read nothing else (no files, URLs, extensions
+or settings: see SANDBOX), so a condition sees only the dataset. DuckDB pushes the column list
+and simple comparisons down into the Arrow scan: hive partitions that cannot match
+(``volume = 3``) are not opened, row groups are skipped by their min/max statistics and only
+the needed columns are read.
 
 A dataset is a folder of Parquet files (``generated/part-*.parquet``), a hive-partitioned
 folder (``corpus/volume=1/part-0.parquet``) or one ``.parquet`` file.
@@ -147,6 +150,8 @@ def where_error(err: Exception, what: str = "cannot be evaluated") -> UsageError
     import duckdb
 
     message = _first_line(err)
+    if "reading the Arrow source failed" in message:  # a damaged file of the dataset, not the condition
+        return UsageError(f"cannot read the dataset's Parquet files: {message}")
     if isinstance(err, duckdb.PermissionException) or (
             isinstance(err, duckdb.CatalogException) and "Table" in message):
         return UsageError(f"{WHERE_SCOPE}: {message}")
