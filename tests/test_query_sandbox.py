@@ -276,3 +276,19 @@ def test_filter_table_keeps_arrow_types():
     table = generated_table([1, 2, 3])
     got = query.filter_table(table, "number >= 2")
     assert got.schema == table.schema and got.column("number").to_pylist() == [2, 3]
+
+
+def test_files_with_different_columns_are_read_by_name(tmp_path):
+    """As DuckDB's union_by_name did: a missing column is null, int32 and int64 numbers meet."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"number": pa.array([2, 1], pa.int32()), "title": ["b", "a"]}), tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"number": pa.array([3], pa.int64()), "valid": [True]}), tmp_path / "part-1.parquet")
+    assert query.select(str(tmp_path)).to_pylist() == [
+        {"number": 1, "title": "a", "valid": None}, {"number": 2, "title": "b", "valid": None},
+        {"number": 3, "title": None, "valid": True}]
+    assert query.select(str(tmp_path), where="valid").column("number").to_pylist() == [3]
+    (tmp_path / "part-2.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(UsageError, match=r"^cannot read .* as Parquet: ") as err:
+        query.select(str(tmp_path))
+    assert "\n" not in str(err.value)
