@@ -2,9 +2,12 @@
 
 The engine is DuckDB: ``--where`` is a SQL boolean expression (``meter = '6/8' AND mode = 'dor'
 AND valid``, ``len(tokens) > 200``, ``list_contains(reasons, 'bar_too_long')``), parsed by
-DuckDB as one expression (never a statement), and DuckDB pushes the filter and the column list
-down into the Parquet scan: hive partitions that cannot match (``volume = 3``) are not opened,
-row groups are skipped by their min/max statistics and only the needed columns are read.
+DuckDB as one expression (never a statement). pyarrow opens the Parquet files and DuckDB scans
+them as an Arrow dataset on a connection that can read nothing else (no files, URLs, extensions
+or settings: see SANDBOX), so a condition sees only the dataset. DuckDB pushes the column list
+and simple comparisons down into the Arrow scan: hive partitions that cannot match
+(``volume = 3``) are not opened, row groups are skipped by their min/max statistics and only
+the needed columns are read.
 
 A dataset is a folder of Parquet files (``generated/part-*.parquet``), a hive-partitioned
 folder (``corpus/volume=1/part-0.parquet``) or one ``.parquet`` file.
@@ -22,7 +25,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pipeline.errors import UsageError
+from schemas.errors import UsageError
 
 HELP = "Select tunes from a generated dataset or corpus with a SQL condition (DuckDB, pushed down to Parquet)"
 FORMATS = ("table", "csv", "json", "abc")
@@ -76,21 +79,57 @@ def dataset_files(path: str) -> tuple[list[str], bool, str]:
     raise UsageError(f"no Parquet files in {path}: give a folder written by folkrnn generate, validate or compile")
 
 
+# Every DuckDB connection folkrnn opens runs a user's --where condition, so it is a sandbox from
+# its first moment: the condition sees only the data handed to DuckDB as Arrow (the dataset, opened
+# by pyarrow below), never a file, URL, extension, Python variable or setting.
+SANDBOX = {
+    # read_text/read_csv/read_parquet/glob/sniff_csv, '/path' as a table, COPY, ATTACH, http:// and
+    # s3:// paths, INSTALL/LOAD and scans of Python variables are all refused
+    "enable_external_access": False,
+    # an http:// path must not make DuckDB fetch or load httpfs
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    # SET/RESET cannot undo any of the above
+    "lock_configuration": True,
+}
+WHERE_SCOPE = "--where may only use the dataset's columns"
+
+
 def connect() -> Any:
+    """A DuckDB connection that can read nothing but the Arrow data it is given (see SANDBOX)."""
     import duckdb
 
-    return duckdb.connect()
+    return duckdb.connect(config=SANDBOX)
+
+
+def arrow_dataset(path: str) -> Any:
+    """The dataset at ``path`` as a pyarrow dataset: hive partitions become columns, and files whose
+    columns differ are read by name (missing columns are nulls, types promoted where they can be)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.fs
+
+    files, hive, base = dataset_files(path)
+    options = ds.FileSystemFactoryOptions(
+        partition_base_dir=os.path.abspath(base) if hive else None,
+        partitioning=ds.HivePartitioning.discover() if hive else None)
+    try:
+        factory = ds.FileSystemDatasetFactory(pyarrow.fs.LocalFileSystem(), [os.path.abspath(f) for f in files],
+                                              ds.ParquetFileFormat(), options)
+        return factory.finish(factory.inspect(promote_options="permissive", fragments=None))
+    except (pa.ArrowException, OSError) as err:
+        raise UsageError(f"cannot read {path} as Parquet: {_first_line(err)}") from None
 
 
 def relation(con: Any, path: str) -> Any:
-    """A DuckDB relation over the dataset (lazy: nothing is read until it is fetched)."""
-    import duckdb
+    """A DuckDB relation over the dataset (lazy: nothing is read until it is fetched).
 
-    files, hive, _ = dataset_files(path)
-    try:
-        return con.read_parquet(files, hive_partitioning=hive, union_by_name=True)
-    except duckdb.Error as err:
-        raise UsageError(f"cannot read {path} as Parquet: {_first_line(err)}") from None
+    DuckDB scans the pyarrow dataset and pushes the column list and the simple comparisons of a
+    condition into that scan: hive partitions that cannot match are not opened, row groups are
+    skipped by their statistics.
+    """
+    return con.from_arrow(arrow_dataset(path))
 
 
 def _first_line(err: BaseException) -> str:
@@ -101,8 +140,30 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def where_error(err: Exception, what: str = "cannot be evaluated") -> UsageError:
+    """A one-line UsageError for a DuckDB error raised by a --where condition.
+
+    A condition reaching outside the dataset (a file, URL, table, setting) is told what it may use;
+    DuckDB's own message names the path at most, never a file's contents (the sandbox refuses to
+    open it).
+    """
+    import duckdb
+
+    message = _first_line(err)
+    if "reading the Arrow source failed" in message:  # a damaged file of the dataset, not the condition
+        return UsageError(f"cannot read the dataset's Parquet files: {message}")
+    if isinstance(err, duckdb.PermissionException) or (
+            isinstance(err, duckdb.CatalogException) and "Table" in message):
+        return UsageError(f"{WHERE_SCOPE}: {message}")
+    return UsageError(f"--where {what}: {message}")
+
+
 def apply_where(rel: Any, where: str | None) -> Any:
-    """``rel`` filtered by a SQL condition; a bad condition is a one-line UsageError."""
+    """``rel`` filtered by a SQL condition; a bad condition is a one-line UsageError.
+
+    The relation API parses ``where`` as one expression, so ``; DROP ...`` or ``) UNION SELECT``
+    is a syntax error, and the sandboxed connection keeps a subquery inside the dataset.
+    """
     import duckdb
 
     if where is None:
@@ -117,11 +178,12 @@ def apply_where(rel: Any, where: str | None) -> Any:
             name = message.split('"')[1] if message.count('"') >= 2 else "?"
             columns = ", ".join(c for c in rel.columns if not c.startswith("__"))
             raise UsageError(f"unknown column {name!r} in --where; columns are: {columns}") from None
-        raise UsageError(f"--where cannot be used: {message}") from None
+        raise where_error(err, "cannot be used") from None
     except duckdb.ParserException as err:
-        raise UsageError(f"malformed --where {where!r}: {_first_line(err)}") from None
+        raise UsageError(f"malformed --where {where!r}: {_first_line(err)} (give one condition on the dataset's "
+                         "columns, e.g. \"meter = '6/8' AND valid\")") from None
     except duckdb.Error as err:
-        raise UsageError(f"--where cannot be used: {_first_line(err)}") from None
+        raise where_error(err, "cannot be used") from None
 
 
 def check_columns(requested: Sequence[str], available: Sequence[str]) -> None:
@@ -167,7 +229,7 @@ def select(path: str, *, where: str | None = None, columns: Sequence[str] | None
             rel = rel.limit(limit)
         return rel.to_arrow_table()
     except duckdb.Error as err:  # a condition that parses but fails on the data, e.g. a bad cast
-        raise UsageError(f"--where cannot be evaluated: {_first_line(err)}") from None
+        raise where_error(err) from None
 
 
 def filter_table(table: Any, where: str) -> Any:
@@ -185,7 +247,7 @@ def filter_table(table: Any, where: str) -> Any:
     try:
         rows = rel.project('"__row"').to_arrow_table().column(0)
     except duckdb.Error as err:
-        raise UsageError(f"--where cannot be evaluated: {_first_line(err)}") from None
+        raise where_error(err) from None
     return table.take(pa.array(sorted(rows.to_pylist()), pa.int64()))
 
 

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from pipeline.errors import UsageError
+from schemas.errors import UsageError
 
 HELP = "Counts by meter, mode, form and validity; length and token histograms (text, or a PNG with --plot)"
 TOP_FORMS = 12
@@ -88,7 +88,15 @@ def _fill_bins(bins: list[tuple[int, int]], width: int) -> list[list[int]]:
 
 
 def _rows(con: Any, sql: str) -> list[tuple]:
-    return con.execute(sql).fetchall()
+    """The rows of one of our queries over ``tunes``; a --where that fails on the data is a UsageError."""
+    import duckdb
+
+    from pipeline.query import where_error
+
+    try:
+        return con.execute(sql).fetchall()
+    except duckdb.Error as err:
+        raise where_error(err) from None
 
 
 def _token_classes(by_token: list[tuple[str, int]]) -> list[list[Any]]:
