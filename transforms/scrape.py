@@ -106,13 +106,13 @@ def host_of(url: str) -> str:
     except ValueError:  # an unclosed IPv6 bracket and the like
         return BAD_URL_COLLECTION
     host = (parts.hostname or "").lower()
+    if not host:
+        return BAD_URL_COLLECTION
     try:
         port = parts.port
     except ValueError:  # a port that is not a number: keep the host alone
         port = None
     default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    if not host:
-        return BAD_URL_COLLECTION
     return f"{host}:{port}" if port is not None and port != default else host
 
 
@@ -120,7 +120,7 @@ def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be fetched (not http(s), no host, a malformed host or port), or None."""
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number in range
+        _ = parts.port  # raises ValueError for a port that is not a number in range
     except ValueError as err:
         return str(err)
     if parts.scheme.lower() not in ("http", "https"):
@@ -874,7 +874,7 @@ class ScrapeAbc(beam.PTransform):
 
     Every input URL and every followed link ends in exactly one document or one reject, except
     HTML pages that hold only ``.abc`` links (counted as ``index_page``). Counters in namespace
-    ``scrape``: one per reject reason, plus ``document``, ``index_page``, ``link_found``,
+    ``scrape``: one per reject reason, plus ``document``, ``index_page``, ``link_found``, ``redirected``,
     ``cache_hit`` and ``fetched_from_network``.
 
     Politeness: URLs are keyed by (host, shard), shard in ``range(per_host_concurrency)``; each
