@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -31,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scraping response cache (default: OUT/http-cache); a re-run fetches nothing twice")
     parser.add_argument("--delay", type=float, default=1.0, help="seconds between requests to one host")
     parser.add_argument("--per-host", type=int, default=1, help="concurrent requests per host (default 1)")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds one request may take in all: connect, redirects, headers and body (default 30)")
+    parser.add_argument("--follow-offsite", action="store_true",
+                        help="follow redirects to another host or port (default: such a URL is a reject)")
     parser.add_argument("--write-folkrnn-text", action="store_true",
                         help="also write the kept tunes as OUT/tunes.folkrnn.txt (the folk-rnn layout)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -43,6 +48,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     if args.num_shards < 1:
         raise UsageError(f"--num-shards must be at least 1, got {args.num_shards}")
+    check_scrape_arguments(args)
     for source in args.sources:
         local = "://" not in source
         if local and not any(ch in source for ch in "*?[") and not os.path.exists(source):
@@ -50,6 +56,16 @@ def check_arguments(args: argparse.Namespace) -> None:
     for url_list in args.url_list:
         if not os.path.exists(url_list):
             raise UsageError(f"no such URL list: {url_list}")
+
+
+def check_scrape_arguments(args: argparse.Namespace) -> None:
+    # Written as "not in range" so that NaN (false in every comparison) and inf are refused too.
+    if args.per_host < 1:
+        raise UsageError(f"--per-host must be at least 1 (requests at a time to one host), got {args.per_host}")
+    if not 0 <= args.delay < math.inf:
+        raise UsageError(f"--delay must be a finite number of seconds, 0 or more, got {args.delay}")
+    if not 0 < args.timeout < math.inf:
+        raise UsageError(f"--timeout must be a finite number of seconds, more than 0, got {args.timeout}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -62,7 +62,7 @@ def plan_sources(sources: Sequence[str], fmt: str = "abc", url_lists: Sequence[s
 
 def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_fraction: float = 0.05,
                  num_shards: int = 1, cache_dir: str | None = None, delay: float = 1.0,
-                 per_host: int = 1) -> None:
+                 per_host: int = 1, timeout: float = 30.0, follow_offsite: bool = False) -> None:
     """Add the whole ingest to ``pipeline``: read, process, write the tables and summary.json."""
     tunes, source_rejects = [], []
 
@@ -86,7 +86,8 @@ def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_f
             pipeline
             | "Urls" >> beam.Create(sorted(set(plan.urls)))
             | "Scrape" >> ScrapeAbc(cache_dir=cache_dir or os.path.join(out, "http-cache"),
-                                    delay=delay, per_host_concurrency=per_host)
+                                    delay=delay, per_host_concurrency=per_host,
+                                    timeout=timeout, follow_offsite=follow_offsite)
         )
 
         def split_document(doc: dict):
@@ -145,7 +146,9 @@ def run_ingest(args: argparse.Namespace) -> dict:
     try:
         with beam.Pipeline(options=options) as pipeline:
             build_ingest(pipeline, plan, out, valid_fraction=args.valid_fraction, num_shards=args.num_shards,
-                         cache_dir=args.cache_dir, delay=args.delay, per_host=args.per_host)
+                         cache_dir=args.cache_dir, delay=args.delay, per_host=args.per_host,
+                         timeout=getattr(args, "timeout", 30.0),  # getattr: benchmarks build args by hand
+                         follow_offsite=getattr(args, "follow_offsite", False))
     finally:
         ingest_transforms.PROGRESS = None
         if progress is not None:

@@ -373,7 +373,7 @@ def test_scrape_abc_end_to_end(server, tmp_path):
         cache_dir=str(tmp_path / "cache"), timeout=0.5, retries=2, backoff=0.001, delay=0,
     )
     def doc(path, text, encoding="utf-8"):
-        return {"source": u(path), "collection": host, "text": text, "encoding": encoding}
+        return {"source": u(path), "collection": host, "text": text, "encoding": encoding, "final_url": u(path)}
 
     assert_that(scraped.documents, equal_to([
         doc("/tune.abc", TUNE), doc("/pre.html", PRE_TUNE), doc("/files/a.abc", A_TUNE),
@@ -395,8 +395,8 @@ def test_scrape_abc_end_to_end(server, tmp_path):
                                 "text/html content; not a tune source"),
                     ("http_500", f"GET {u('/down.abc')} returned HTTP 500 Internal Server Error on all 3 attempts: "
                                  "the server is failing or busy; re-run later (successful fetches are cached)"),
-                    ("timeout", f"GET {u('/slow.abc')}: no response within 0.5 s after 3 attempts; "
-                                "the server is slow or down: try later or raise the timeout"),
+                    ("timeout", f"GET {u('/slow.abc')}: no complete response within 0.5 s (--timeout) after "
+                                "3 attempts; nothing kept: the server is slow or down: try later or raise --timeout"),
                     ("binary", f"GET {u('/binary.abc')} returned HTTP 200 but binary data; not a tune source"),
                 ]), label="Details")
     result = p.run()
@@ -421,7 +421,7 @@ def test_scrape_rerun_with_cache_makes_no_requests(server, tmp_path):
     host = host_of(u("/"))
     urls = [u(p) for p in ("/tune.abc", "/pre.html", "/index2.html", "/latin1.abc", "/noabc.html", "/binary.abc")]
     docs = [
-        {"source": u(path), "collection": host, "text": text, "encoding": enc}
+        {"source": u(path), "collection": host, "text": text, "encoding": enc, "final_url": u(path)}
         for path, text, enc in (("/tune.abc", TUNE, "utf-8"), ("/pre.html", PRE_TUNE, "utf-8"),
                                 ("/files/a.abc", A_TUNE, "utf-8"), ("/files/b.abc", B_TUNE, "utf-8"),
                                 ("/latin1.abc", LATIN1_TUNE, "latin-1"))
@@ -441,9 +441,9 @@ def test_scrape_is_polite_sequential_sorted_and_delayed(server):
     u = server.url
     host = host_of(u("/"))
     paths = ["/tune.abc", "/latin1.abc", "/files/b.abc"]
-    docs = [{"source": u("/tune.abc"), "collection": host, "text": TUNE, "encoding": "utf-8"},
-            {"source": u("/latin1.abc"), "collection": host, "text": LATIN1_TUNE, "encoding": "latin-1"},
-            {"source": u("/files/b.abc"), "collection": host, "text": B_TUNE, "encoding": "utf-8"}]
+    docs = [{"source": u("/tune.abc"), "collection": host, "text": TUNE, "encoding": "utf-8", "final_url": u("/tune.abc")},
+            {"source": u("/latin1.abc"), "collection": host, "text": LATIN1_TUNE, "encoding": "latin-1", "final_url": u("/latin1.abc")},
+            {"source": u("/files/b.abc"), "collection": host, "text": B_TUNE, "encoding": "utf-8", "final_url": u("/files/b.abc")}]
     run_scrape([u(p) for p in paths], docs, [], timeout=2, delay=0.2, follow_links=False)
     requested = [(path, t) for path, _, t in server.requests]
     assert [path for path, _ in requested] == sorted(paths)  # one host, one shard: in sorted order
@@ -455,9 +455,9 @@ def test_scrape_shards_a_host_and_can_skip_links(server):
     u = server.url
     host = host_of(u("/"))
     urls = [u(p) for p in ("/tune.abc", "/latin1.abc", "/index.html", "/files/b.abc")]
-    docs = [{"source": u("/tune.abc"), "collection": host, "text": TUNE, "encoding": "utf-8"},
-            {"source": u("/latin1.abc"), "collection": host, "text": LATIN1_TUNE, "encoding": "latin-1"},
-            {"source": u("/files/b.abc"), "collection": host, "text": B_TUNE, "encoding": "utf-8"}]
+    docs = [{"source": u("/tune.abc"), "collection": host, "text": TUNE, "encoding": "utf-8", "final_url": u("/tune.abc")},
+            {"source": u("/latin1.abc"), "collection": host, "text": LATIN1_TUNE, "encoding": "latin-1", "final_url": u("/latin1.abc")},
+            {"source": u("/files/b.abc"), "collection": host, "text": B_TUNE, "encoding": "utf-8", "final_url": u("/files/b.abc")}]
     # Without following, a page of links only is a page without ABC.
     counters = run_scrape(urls, docs, [(u("/index.html"), "not_abc")],
                           timeout=2, delay=0, per_host_concurrency=3, follow_links=False)
