@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -180,7 +181,7 @@ def run_ingest(args: argparse.Namespace) -> dict:
         progress = None if args.quiet else tqdm(desc="ingest", unit=" tunes", smoothing=0.1)
         ingest_transforms.PROGRESS = progress
         try:
-            with beam.Pipeline(options=options) as pipeline:
+            with beam_failures_unlogged(), beam.Pipeline(options=options) as pipeline:
                 build_ingest(pipeline, plan, staging, valid_fraction=args.valid_fraction,
                              num_shards=args.num_shards, cache_dir=cache_dir, delay=args.delay,
                              per_host=args.per_host)
@@ -213,6 +214,19 @@ def write_folkrnn_text_file(out: str) -> str:
 
 
 # -- I/O failures out of a pipeline ----------------------------------------------------------
+
+@contextlib.contextmanager
+def beam_failures_unlogged() -> Iterator[None]:
+    """Beam logs a failing step's traceback before raising it; the error raised is what the user
+    sees (as one line), so that log is silenced while the pipeline runs."""
+    logger = logging.getLogger("apache_beam.runners.common")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
 
 # How a worker's OSError reads once a multi-process runner has turned it into text.
 _OS_ERROR_LINE = re.compile(r"(?m)^[\w.]*(?:Error|Exception): \[Errno (\d+)\] ([^\n]*?)(?:: '([^'\n]*)')?"
@@ -284,10 +298,13 @@ def make_staging(out: str) -> str:
     """A new staging folder inside ``out``, with the table folders the shards go into."""
     staging = FileSystems.join(out, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
     for name in INGEST_TABLES:
-        if is_local(out):
-            os.makedirs(os.path.join(staging, name))
-        else:
+        if not is_local(out):
             FileSystems.mkdirs(FileSystems.join(staging, name))
+            continue
+        try:
+            os.makedirs(os.path.join(staging, name))
+        except OSError as err:  # a read-only or full ``out``: name it, not our hidden folder
+            raise OSError(err.errno, err.strerror, out) from err
     return staging
 
 
