@@ -273,7 +273,8 @@ def output_lock(out: str) -> Iterator[None]:
     the process ends, kill -9 included. Other filesystems (gs://) and non-POSIX systems: no lock.
     """
     if not is_local(out):
-        FileSystems.mkdirs(out) if not FileSystems.exists(out) else None
+        if not FileSystems.exists(out):
+            FileSystems.mkdirs(out)
         yield
         return
     os.makedirs(out, exist_ok=True)

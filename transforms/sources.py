@@ -189,7 +189,7 @@ def rows_of_dump(path: str, collection: str, data: bytes) -> Iterator[RawTune | 
         rows = _csv_rows(text)
     if rows is None:
         yield reject_row(collection=collection, source=path, position=0, stage="read", reason="unparseable",
-                         detail=f"{path} is not valid CSV or JSON: its brackets or quotes do not balance",
+                         detail=f"{path} is not a JSON array: its brackets do not balance, or text follows it",
                          raw=text[:2000])
         return
     for position, row, error, raw in rows:
@@ -222,8 +222,6 @@ def _json_rows(text: str) -> list[ParsedRow] | None:
     except (ValueError, RecursionError):
         pieces = split_json_array(stripped)
         return None if pieces is None else [_parse_json(position, piece) for position, piece in enumerate(pieces)]
-    if not isinstance(rows, list):
-        return None
     return [(position, row, "", "") for position, row in enumerate(rows)]
 
 
