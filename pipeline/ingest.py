@@ -53,6 +53,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         local = "://" not in source
         if local and not any(ch in source for ch in "*?[") and not os.path.exists(source):
             raise UsageError(f"no such file or folder: {source} (give ABC files, folders, globs or URLs)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file, not a folder: give a folder for the tables")
     for url_list in args.url_list:
         if not os.path.exists(url_list):
             raise UsageError(f"no such URL list: {url_list}")
@@ -91,6 +93,10 @@ def format_summary(summary: dict, out: str) -> str:
         lines.append(f"{name:<22}{c['read']:>8}{c['kept']:>8}{c['duplicates']:>8}{c['rejected']:>9}{rate:>7.1f}%")
     if summary["rejects_by_reason"]:
         lines += ["", "rejects by reason: " + ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items())]
+    for path, tunes in summary.get("read_as_folkrnn_text", {}).items():
+        lines.append(f"read as folk-rnn text (recognised by its layout): {path} ({tunes} tunes)")
+    for path, times in summary.get("repeated_sources", {}).items():
+        lines.append(f"named {times} times, read once: {path}")
     lines += ["meters: " + ", ".join(f"{k} {v}" for k, v in summary["meters"].items()),
               "modes: " + ", ".join(f"{k} {v}" for k, v in summary["modes"].items()),
               "", f"written to {out}/: tunes/, duplicates/, rejects/ (Parquet), summary.json"]

@@ -1,16 +1,34 @@
-"""Build and run the ingest pipeline (sources -> IngestTunes -> Parquet tables + summary.json)."""
+"""Build and run the ingest pipeline (sources -> IngestTunes -> Parquet tables + summary.json).
+
+A run never touches the output of the previous one until its own is complete: it writes into
+``OUT/.staging-<id>/`` (dot-prefixed: dataset readers skip it) and only then moves its tables,
+``tunes.folkrnn.txt`` and ``summary.json`` in (``commit_staging``), so ``OUT`` holds the old output
+or the new one, each with the summary that counts its shards. Moving several folders cannot be one
+atomic step: the moves take a few renames, and a journal (``OUT/.ingest-commit.json``, written
+before the first) lets the next run finish a move a crash interrupted. The next run also removes
+what a killed run left. ``OUT/http-cache`` (or ``--cache-dir``) is never moved: the scraping cache
+survives every run. One run writes into a folder at a time (a lock on it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import logging
 import os
-from collections.abc import Sequence
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import pipeline_options
+from schemas.errors import UsageError
+from schemas.files import atomic_write
 from schemas.tables import INGEST_TABLES
 from transforms import ingest as ingest_transforms
 from transforms.ingest import (
@@ -20,10 +38,16 @@ from transforms.ingest import (
     SummaryFn,
     WriteTable,
     outcome_events,
-    remove_stale_shards,
     write_json_atomic,
 )
-from transforms.sources import ReadAbcFiles, ReadFolkRnnText, ReadMusic21Corpus, ReadTabularDump
+from transforms.sources import (
+    REPEATED,
+    ReadAbcFiles,
+    ReadFolkRnnText,
+    ReadMusic21Corpus,
+    ReadTabularDump,
+    canonical_source,
+)
 
 TABULAR_SUFFIXES = (".csv", ".json", ".jsonl")
 
@@ -36,6 +60,7 @@ class IngestPlan:
     folkrnn_text: list[str] = field(default_factory=list)
     dumps: list[str] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
+    repeated: list[str] = field(default_factory=list)  # a source named again: once per extra naming
 
     @property
     def empty(self) -> bool:
@@ -43,11 +68,19 @@ class IngestPlan:
 
 
 def plan_sources(sources: Sequence[str], fmt: str = "abc", url_lists: Sequence[str] = ()) -> IngestPlan:
+    """Sources sorted by kind; local paths canonical, each read once however often it is named."""
     plan = IngestPlan()
+    seen: set[str] = set()
     for source in sources:
         if source.startswith(("http://", "https://")):
             plan.urls.append(source)
-        elif source.lower().endswith(TABULAR_SUFFIXES):
+            continue
+        source = canonical_source(source)
+        if source in seen:
+            plan.repeated.append(source)
+            continue
+        seen.add(source)
+        if source.lower().endswith(TABULAR_SUFFIXES):
             plan.dumps.append(source)
         elif fmt == "folkrnn-text":
             plan.folkrnn_text.append(source)
@@ -65,10 +98,13 @@ def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_f
                  per_host: int = 1, timeout: float = 30.0, follow_offsite: bool = False) -> None:
     """Add the whole ingest to ``pipeline``: read, process, write the tables and summary.json."""
     tunes, source_rejects = [], []
+    repeated = [pipeline | "RepeatedSources" >> beam.Create(plan.repeated)]
 
     def add(label: str, outputs: dict) -> None:
         tunes.append(outputs["tunes"])
         source_rejects.append(outputs[REJECTS])
+        if REPEATED in outputs:
+            repeated.append(outputs[REPEATED])
 
     if plan.empty:
         add("Music21", pipeline | "ReadMusic21Corpus" >> ReadMusic21Corpus())
@@ -116,6 +152,9 @@ def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_f
     events = [
         raw | "ReadEvents" >> beam.Map(lambda t: ("read", t.collection)),
         read_rejects | "ReadRejectEvents" >> beam.Map(lambda r: ("read", r["collection"])),
+        repeated | "AllRepeated" >> beam.Flatten() | "RepeatedEvents" >> beam.Map(lambda path: ("repeated", path)),
+        raw | "FolkRnnTextEvents" >> beam.FlatMap(
+            lambda t: [("folkrnn_text", t.source)] if t.meta.get("detected") else []),
     ] + [rows | f"Events_{name}" >> beam.Map(outcome_events(name)) for name, rows in tables.items()]
     summary_path = FileSystems.join(out, "summary.json")
     (
@@ -127,37 +166,43 @@ def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_f
 
 
 def run_ingest(args: argparse.Namespace) -> dict:
-    """Run ``folkrnn ingest`` with parsed arguments; returns the summary."""
-    import json
+    """Run ``folkrnn ingest`` with parsed arguments; returns the summary.
 
+    An I/O failure anywhere, in a Beam worker too, is raised as the OSError naming its path.
+    """
     from tqdm import tqdm
 
     plan = plan_sources(args.sources, args.format, args.url_list)
     out = args.out
-    FileSystems.mkdirs(out) if not FileSystems.exists(out) else None
-    for name in INGEST_TABLES:
-        directory = FileSystems.join(out, name)
-        if not FileSystems.exists(directory):
-            FileSystems.mkdirs(directory)
-        remove_stale_shards(out, name)
-    options = pipeline_options(args.beam_args)
-    progress = None if args.quiet else tqdm(desc="ingest", unit=" tunes", smoothing=0.1)
-    ingest_transforms.PROGRESS = progress
-    try:
-        with beam.Pipeline(options=options) as pipeline:
-            build_ingest(pipeline, plan, out, valid_fraction=args.valid_fraction, num_shards=args.num_shards,
-                         cache_dir=args.cache_dir, delay=args.delay, per_host=args.per_host,
-                         timeout=getattr(args, "timeout", 30.0),  # getattr: benchmarks build args by hand
-                         follow_offsite=getattr(args, "follow_offsite", False))
-    finally:
-        ingest_transforms.PROGRESS = None
-        if progress is not None:
-            progress.close()
+    cache_dir = args.cache_dir or os.path.join(out, "http-cache")  # outside the staging folder: it survives
+    with output_lock(out):
+        remove_leftovers(out)  # safe: the lock keeps other runs out of this folder
+        staging = make_staging(out)
+        options = pipeline_options(args.beam_args)
+        progress = None if args.quiet else tqdm(desc="ingest", unit=" tunes", smoothing=0.1)
+        ingest_transforms.PROGRESS = progress
+        try:
+            with beam_failures_unlogged(), beam.Pipeline(options=options) as pipeline:
+                build_ingest(pipeline, plan, staging, valid_fraction=args.valid_fraction,
+                             num_shards=args.num_shards, cache_dir=cache_dir, delay=args.delay,
+                             per_host=args.per_host,
+                             timeout=getattr(args, "timeout", 30.0),  # getattr: benchmarks build args by hand
+                             follow_offsite=getattr(args, "follow_offsite", False))
+            if args.write_folkrnn_text:
+                write_folkrnn_text_file(staging)
+        except BaseException as err:
+            discard(staging)  # the previous output stays as it was
+            os_error = os_error_of(err) if isinstance(err, Exception) else None
+            if os_error is not None and os_error is not err:
+                raise os_error from None
+            raise
+        finally:
+            ingest_transforms.PROGRESS = None
+            if progress is not None:
+                progress.close()
+        commit_staging(staging, out)
     with FileSystems.open(FileSystems.join(out, "summary.json")) as handle:
-        summary = json.loads(handle.read().decode("utf-8"))
-    if args.write_folkrnn_text:
-        write_folkrnn_text_file(out)
-    return summary
+        return json.loads(handle.read().decode("utf-8"))
 
 
 def write_folkrnn_text_file(out: str) -> str:
@@ -166,9 +211,197 @@ def write_folkrnn_text_file(out: str) -> str:
     from transforms.abc.split import write_folkrnn_text
 
     table = pq.read_table(os.path.join(out, "tunes"), columns=["id", "tokens"]).sort_by("id")
-    path = os.path.join(out, "tunes.folkrnn.txt")
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(write_folkrnn_text(table.column("tokens").to_pylist()))
-    os.replace(temporary, path)
+    path = os.path.join(out, FOLKRNN_TEXT)
+    atomic_write(path, write_folkrnn_text(table.column("tokens").to_pylist()))
     return path
+
+
+# -- I/O failures out of a pipeline ----------------------------------------------------------
+
+@contextlib.contextmanager
+def beam_failures_unlogged() -> Iterator[None]:
+    """Beam logs a failing step's traceback before raising it; the error raised is what the user
+    sees (as one line), so that log is silenced while the pipeline runs."""
+    logger = logging.getLogger("apache_beam.runners.common")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# How a worker's OSError reads once a multi-process runner has turned it into text.
+_OS_ERROR_LINE = re.compile(r"(?m)^[\w.]*(?:Error|Exception): \[Errno (\d+)\] ([^\n]*?)(?:: '([^'\n]*)')?"
+                            r"(?: \[while running [^\n]*)?$")
+
+
+def os_error_of(err: BaseException) -> OSError | None:
+    """The I/O failure behind a pipeline's error, or None. In-process runners chain the worker's
+    OSError (path and errno); multi-process runners pass on only its traceback as text."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            return current
+        current = current.__cause__ or current.__context__
+    found = list(_OS_ERROR_LINE.finditer(str(err)))
+    named = [m for m in found if m.group(3)] or found
+    if not named:
+        return None
+    number, cause, path = named[-1].groups()
+    return OSError(int(number), cause, path) if path else OSError(int(number), cause)
+
+
+# -- the output folder: lock, staging, commit ------------------------------------------------
+
+STAGING_PREFIX = ".staging-"
+REPLACED_PREFIX = ".replaced-"
+JOURNAL = ".ingest-commit.json"
+FOLKRNN_TEXT = "tunes.folkrnn.txt"
+# What a run writes, in the order it is moved in: the summary last.
+OUTPUTS = (*INGEST_TABLES, FOLKRNN_TEXT, "summary.json")
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path
+
+
+@contextlib.contextmanager
+def output_lock(out: str) -> Iterator[None]:
+    """Hold an exclusive lock on the ``--out`` folder (made if missing) for the block.
+
+    flock of the folder itself: no lock file is left behind, and the kernel drops the lock when
+    the process ends, kill -9 included. Other filesystems (gs://) and non-POSIX systems: no lock.
+    """
+    if not is_local(out):
+        if not FileSystems.exists(out):
+            FileSystems.mkdirs(out)
+        yield
+        return
+    os.makedirs(out, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(out, os.O_RDONLY)  # not inherited by Beam's workers (PEP 446)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another folkrnn ingest is writing to {out}: wait for it to end or give "
+                             "another --out") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def make_staging(out: str) -> str:
+    """A new staging folder inside ``out``, with the table folders the shards go into."""
+    staging = FileSystems.join(out, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
+    for name in INGEST_TABLES:
+        if not is_local(out):
+            FileSystems.mkdirs(FileSystems.join(staging, name))
+            continue
+        try:
+            os.makedirs(os.path.join(staging, name))
+        except OSError as err:  # a read-only or full ``out``: name it, not our hidden folder
+            raise OSError(err.errno, err.strerror, out) from err
+    return staging
+
+
+def discard(path: str) -> None:
+    """Remove a folder of ours, best effort: the error that brought us here is the one to report."""
+    try:
+        if is_local(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif FileSystems.exists(path):
+            FileSystems.delete([path])
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def remove_leftovers(out: str) -> None:
+    """Finish a commit a crash interrupted, then remove what killed runs left behind."""
+    if not is_local(out):
+        return
+    if os.path.exists(os.path.join(out, JOURNAL)):
+        finish_commit(out)
+    for entry in os.listdir(out):
+        path = os.path.join(out, entry)
+        if entry.startswith((STAGING_PREFIX, REPLACED_PREFIX)) and os.path.isdir(path):
+            shutil.rmtree(path)
+        elif entry.startswith(f".{JOURNAL}.") and entry.endswith(".tmp"):  # atomic_write's, if killed
+            os.unlink(path)
+
+
+def commit_staging(staging: str, out: str) -> None:
+    """Move a complete staged run into ``out``, replacing the previous run's outputs."""
+    if not is_local(out):
+        commit_remote(staging, out)
+        return
+    name = os.path.basename(staging)
+    journal = {"staging": name, "replaced": REPLACED_PREFIX + name[len(STAGING_PREFIX):],
+               "outputs": [o for o in OUTPUTS if os.path.lexists(os.path.join(staging, o))]}
+    atomic_write(os.path.join(out, JOURNAL), json.dumps(journal))
+    finish_commit(out)
+
+
+def finish_commit(out: str) -> None:
+    """Carry out the journal's move; safe to repeat after a crash at any point of it.
+
+    An output the staged run has is moved in (a folder: the old one first moved aside, since a
+    rename cannot replace a non-empty folder; a file: replaced in one rename); an output only the
+    old run has (``tunes.folkrnn.txt``) is moved aside, as it no longer matches the summary.
+    """
+    with open(os.path.join(out, JOURNAL), encoding="utf-8") as handle:
+        journal = json.load(handle)
+    staging, replaced = os.path.join(out, journal["staging"]), os.path.join(out, journal["replaced"])
+    os.makedirs(replaced, exist_ok=True)
+    for name in OUTPUTS:
+        current, new = os.path.join(out, name), os.path.join(staging, name)
+        if name in journal["outputs"]:
+            if not os.path.lexists(new):
+                continue  # moved in before the crash
+            if os.path.isdir(new) and os.path.lexists(current):
+                os.rename(current, os.path.join(replaced, name))
+            os.replace(new, current)
+        elif os.path.lexists(current):
+            os.replace(current, os.path.join(replaced, name))
+    _sync_folder(out)
+    os.unlink(os.path.join(out, JOURNAL))
+    shutil.rmtree(replaced, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sync_folder(path: str) -> None:
+    """Make the renames durable before the journal goes (a power cut then finds one or the other)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a folder; the renames are still done
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit_remote(staging: str, out: str) -> None:
+    """The same move on an object store (gs://), file by file: there a rename is a copy anyway."""
+    for name in INGEST_TABLES:
+        old = [m.path for m in FileSystems.match([FileSystems.join(out, name, "*")])[0].metadata_list]
+        if old:
+            FileSystems.delete(old)
+        new = [m.path for m in FileSystems.match([FileSystems.join(staging, name, "*")])[0].metadata_list]
+        if new:
+            FileSystems.rename(new, [FileSystems.join(out, name, p.rsplit("/", 1)[-1]) for p in new])
+    for name in (FOLKRNN_TEXT, "summary.json"):
+        target = FileSystems.join(out, name)
+        if FileSystems.exists(FileSystems.join(staging, name)):
+            if FileSystems.exists(target):
+                FileSystems.delete([target])
+            FileSystems.rename([FileSystems.join(staging, name)], [target])
+        elif FileSystems.exists(target):
+            FileSystems.delete([target])
+    discard(staging)

@@ -217,15 +217,14 @@ class WriteTable(beam.PTransform):
         )
 
 
-def remove_stale_shards(directory: str, name: str) -> None:
-    """Delete the shards of an earlier run (it may have used another shard count)."""
-    pattern = FileSystems.join(directory, name, "part-*.parquet*")
-    found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    if found:
-        FileSystems.delete(found)
-
-
 # -- the summary -----------------------------------------------------------------------------
+
+# Events the summary counts: tuples, so a name holding any character (a folder "pipe|coll") stays whole.
+#   ("read", collection)                 a record came in
+#   ("kept", collection, meter, mode)    ("duplicate", collection)    ("rejected", collection, reason)
+#   ("repeated", path)                   a source named once more than needed (read once all the same)
+#   ("folkrnn_text", source)             a tune of a file recognised as folk-rnn text by its layout
+
 
 def outcome_events(kind: str):
     """Row -> a small tuple the summary combiner counts."""
@@ -245,7 +244,7 @@ class SummaryFn(beam.CombineFn):
         return Counter()
 
     def add_input(self, acc: Counter, event: tuple) -> Counter:
-        acc["|".join(event)] += 1
+        acc[tuple(event)] += 1
         return acc
 
     def merge_accumulators(self, accumulators: Iterable[Counter]) -> Counter:
@@ -256,9 +255,16 @@ class SummaryFn(beam.CombineFn):
 
     def extract_output(self, acc: Counter) -> dict:
         summary: dict = {"read": 0, "kept": 0, "duplicates": 0, "rejected": 0, "rejects_by_reason": Counter(),
-                         "by_collection": {}, "meters": Counter(), "modes": Counter()}
+                         "by_collection": {}, "meters": Counter(), "modes": Counter(),
+                         "repeated_sources": {}, "read_as_folkrnn_text": {}}
         for key, count in acc.items():
-            kind, collection, *rest = key.split("|")
+            kind, collection, *rest = key
+            if kind == "repeated":  # named count + 1 times, read once
+                summary["repeated_sources"][collection] = count + 1
+                continue
+            if kind == "folkrnn_text":
+                summary["read_as_folkrnn_text"][collection] = count
+                continue
             per = summary["by_collection"].setdefault(
                 collection, {"read": 0, "kept": 0, "duplicates": 0, "rejected": 0})
             total = {"read": "read", "kept": "kept", "duplicate": "duplicates", "rejected": "rejected"}[kind]
@@ -270,8 +276,10 @@ class SummaryFn(beam.CombineFn):
             elif kind == "rejected":
                 summary["rejects_by_reason"][rest[0]] += count
         for name in ("rejects_by_reason", "meters", "modes"):
-            summary[name] = dict(summary[name].most_common())
-        summary["by_collection"] = dict(sorted(summary["by_collection"].items()))
+            # most common first; ties by name, so the file is the same whatever order events came in
+            summary[name] = dict(sorted(summary[name].items(), key=lambda item: (-item[1], item[0])))
+        for name in ("by_collection", "repeated_sources", "read_as_folkrnn_text"):
+            summary[name] = dict(sorted(summary[name].items()))
         return summary
 
 

@@ -1,7 +1,10 @@
 """Sources of the ingest: each a Beam transform that yields raw tune records.
 
 Every source emits ``RawTune`` records on its main output and reject rows (schemas.tables.REJECTS)
-on the tagged output ``rejects``, so a file that cannot be read is counted, never lost.
+on the tagged output ``rejects``, so a file that cannot be read is counted, never lost; one bad
+record (a row nested too deep, a CSV field too long) is a reject row and the others go on.
+Local paths are canonical (``realpath``), so a file given twice or spelt two ways is read once and
+keeps one id.
 """
 
 from __future__ import annotations
@@ -10,17 +13,33 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.abc.split import read_folkrnn_text, split_abc
+from transforms.abc.split import looks_like_folkrnn_text, read_folkrnn_text, split_abc
 from transforms.records import RawTune, decode_text, looks_binary, reject_row
 
 REJECTS = "rejects"
+REPEATED = "repeated"  # a file named more than once: its path, once per extra naming
 TABULAR_COLUMNS = ("tune_id", "setting_id", "name", "type", "meter", "mode", "abc")
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def canonical_source(source: str) -> str:
+    """One spelling per local file (``a.abc``, ``./a.abc``, ``dir/../a.abc`` -> ``/abs/a.abc``); a
+    glob is made absolute so that its matches are; URLs and other filesystems are left as given."""
+    if not is_local(source):
+        return source
+    if any(ch in source for ch in "*?["):
+        return os.path.abspath(source)
+    return os.path.realpath(source)
 
 
 def collection_of(path: str) -> str:
@@ -41,6 +60,9 @@ def tunes_of_document(source: str, collection: str, data: bytes,
         return
     text, detected = decode_text(data)
     encoding = encoding or detected
+    if looks_like_folkrnn_text(text):  # given without --format folkrnn-text: ABC parsing would reject it
+        yield from folkrnn_records(source, collection, text, encoding, detected=True)
+        return
     tunes = split_abc(text)
     if not tunes:
         yield reject_row(collection=collection, source=source, position=0, stage="read", reason="no_tunes",
@@ -66,8 +88,15 @@ def read_records(path: str, collection: str | None, parse) -> Iterator:
             detail=f"cannot read {path}: {err}"))
         return
     Metrics.counter("ingest", "files_read").inc()
-    for record in parse(path, name, data):
-        yield record if isinstance(record, RawTune) else beam.pvalue.TaggedOutput(REJECTS, record)
+    emitted = 0
+    try:
+        for record in parse(path, name, data):
+            emitted += 1
+            yield record if isinstance(record, RawTune) else beam.pvalue.TaggedOutput(REJECTS, record)
+    except Exception as err:  # noqa: BLE001 - an input no parser foresaw must not end the run
+        yield beam.pvalue.TaggedOutput(REJECTS, reject_row(
+            collection=name, source=path, position=emitted, stage="read", reason="internal_error",
+            detail=f"{path}: reading stopped after {emitted} records: {type(err).__name__}: {err}"[:2000]))
 
 
 def _expand_pattern(pattern: str) -> Iterator:
@@ -79,7 +108,8 @@ def _expand_pattern(pattern: str) -> Iterator:
         matches, error = FileSystems.match([pattern])[0].metadata_list, ""
     except Exception as err:  # a bad pattern is a reject, not a crash
         matches, error = [], f": {err}"
-    paths = sorted(m.path for m in matches if not m.path.endswith("/") and not os.path.isdir(m.path))
+    paths = sorted(canonical_source(m.path) if is_local(m.path) else m.path
+                   for m in matches if not m.path.endswith("/") and not os.path.isdir(m.path))
     if not paths:
         yield beam.pvalue.TaggedOutput(REJECTS, reject_row(
             collection="input", source=pattern, position=0, stage="read", reason="no_match",
@@ -91,7 +121,9 @@ class ReadAbcFiles(beam.PTransform):
     """ABC files, folders and globs -> RawTune records (+ ``rejects``).
 
     Each file is split into tunes at ``X:`` (and at blank-line separated tunes without one),
-    each tune inheriting the file header's fields. Works on every Beam filesystem.
+    each tune inheriting the file header's fields; a file laid out as folk-rnn text is read as
+    such. A file matched more than once is read once (``repeated`` says which). Works on every
+    Beam filesystem.
     """
 
     def __init__(self, patterns: Iterable[str], collection: str | None = None):
@@ -105,14 +137,17 @@ class ReadAbcFiles(beam.PTransform):
             | "Patterns" >> beam.Create(self.patterns)
             | "ExpandPatterns" >> beam.FlatMap(_expand_pattern).with_outputs(REJECTS, main="paths")
         )
+        counted = files.paths | "CountEachFile" >> beam.combiners.Count.PerElement()
+        repeated = counted | "RepeatedFiles" >> beam.FlatMap(lambda item: [item[0]] * (item[1] - 1))
         read = (
-            files.paths
+            counted
+            | "EachFileOnce" >> beam.Keys()
             | "SpreadFiles" >> beam.Reshuffle()
             | "ReadAndSplit" >> beam.FlatMap(read_records, self.collection, tunes_of_document).with_outputs(
                 REJECTS, main="tunes")
         )
         rejects = (files[REJECTS], read[REJECTS]) | "MergeRejects" >> beam.Flatten()
-        return {"tunes": read.tunes, REJECTS: rejects}
+        return {"tunes": read.tunes, REJECTS: rejects, REPEATED: repeated}
 
 
 def music21_abc_paths() -> list[str]:
@@ -142,37 +177,148 @@ def file_stem(path: str) -> str:
 
 
 def rows_of_dump(path: str, collection: str, data: bytes) -> Iterator[RawTune | dict]:
-    """Tunes of a tabular dump (CSV or JSON), one ABC body per row; the header is rebuilt from columns."""
+    """Tunes of a tabular dump (CSV or JSON), one ABC body per row; the header is rebuilt from columns.
+
+    A row that cannot be read (nested too deep, malformed, a non-text column) is one reject row;
+    the other rows go on.
+    """
     text, encoding = decode_text(data)
-    try:
-        if path.endswith((".json", ".jsonl")) or text.lstrip().startswith(("[", "{")):
-            stripped = text.strip()
-            rows = json.loads(stripped) if stripped.startswith("[") else [
-                json.loads(line) for line in stripped.splitlines() if line.strip()]
-        else:
-            rows = list(csv.DictReader(io.StringIO(text)))
-    except (ValueError, csv.Error) as err:
+    if path.endswith((".json", ".jsonl")) or text.lstrip().startswith(("[", "{")):
+        rows = _json_rows(text)
+    else:
+        rows = _csv_rows(text)
+    if rows is None:
         yield reject_row(collection=collection, source=path, position=0, stage="read", reason="unparseable",
-                         detail=f"{path} is not valid CSV or JSON: {err}", raw=text[:2000])
+                         detail=f"{path} is not a JSON array: its brackets do not balance, or text follows it",
+                         raw=text[:2000])
         return
-    for position, row in enumerate(rows):
-        if not isinstance(row, dict) or not row.get("abc"):
+    for position, row, error, raw in rows:
+        if error:
             yield reject_row(collection=collection, source=path, position=position, stage="read",
-                             reason="missing_column", detail=f"row {position} has no 'abc' body (columns: "
-                             f"{', '.join(TABULAR_COLUMNS)})", raw=json.dumps(row, default=str)[:2000])
+                             reason="unparseable", detail=f"{path} row {position}: {error}", raw=raw[:2000])
             continue
-        number = row.get("setting_id") or row.get("tune_id") or position + 1
-        header = [f"X:{number}", f"T:{row.get('name') or ''}"]
-        if row.get("type"):
-            header.append(f"R:{row['type']}")
-        if row.get("meter"):
-            header.append(f"M:{row['meter']}")
-        header.append("L:1/8")  # the community dumps write bodies in eighths
-        header.append(f"K:{_key_field(str(row.get('mode') or ''))}")
-        body = str(row["abc"]).replace("\r\n", "\n").replace("\\n", "\n")
-        meta = {k: str(row[k]) for k in ("tune_id", "setting_id", "type") if row.get(k) is not None}
-        yield RawTune(source=path, collection=collection, position=position, text="\n".join(header) + "\n" + body,
-                      encoding=encoding, title=row.get("name") or None, meta=meta)
+        yield _tune_of_row(path, collection, position, row, encoding, raw)
+
+
+ParsedRow = tuple[int, object, str, str]  # position, row (if read), error (if not), raw text
+
+
+def _json_error(err: Exception) -> str:
+    if isinstance(err, RecursionError):
+        return "nested deeper than the JSON reader allows"
+    return f"not valid JSON: {err}"
+
+
+def _json_rows(text: str) -> list[ParsedRow] | None:
+    """Rows of a JSON array (or of JSON lines). The whole array is parsed at once when it can be;
+    else element by element, so that one bad element is the only reject. None: not even the array's
+    outline can be read."""
+    stripped = text.strip()
+    if not stripped.startswith("["):
+        lines = [line for line in stripped.splitlines() if line.strip()]
+        return [_parse_json(position, line) for position, line in enumerate(lines)]
+    try:
+        rows = json.loads(stripped)
+    except (ValueError, RecursionError):
+        pieces = split_json_array(stripped)
+        return None if pieces is None else [_parse_json(position, piece) for position, piece in enumerate(pieces)]
+    return [(position, row, "", "") for position, row in enumerate(rows)]
+
+
+def _parse_json(position: int, piece: str) -> ParsedRow:
+    try:
+        return position, json.loads(piece), "", piece
+    except (ValueError, RecursionError) as err:
+        return position, None, _json_error(err), piece
+
+
+_JSON_OUTLINE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},]')
+
+
+def split_json_array(text: str) -> list[str] | None:
+    """The texts of a JSON array's elements, found from brackets, commas and strings alone (no
+    recursion, however deep an element is). None when the text is not one array whose brackets
+    balance."""
+    depth, start, pieces = 0, 0, []
+    for match in _JSON_OUTLINE.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth == 1:
+                if token != "[" or match.start() != 0:
+                    return None
+                start = match.end()
+        elif token in ("]", "}"):
+            depth -= 1
+            if depth == 0:
+                pieces.append(text[start:match.start()])
+                if text[match.end():].strip():
+                    return None
+                return [] if len(pieces) == 1 and not pieces[0].strip() else pieces  # "[]": no rows
+            if depth < 0:
+                return None
+        elif token == "," and depth == 1:
+            pieces.append(text[start:match.start()])
+            start = match.end()
+    return None
+
+
+def _csv_rows(text: str) -> Iterator[ParsedRow]:
+    """Rows of a CSV file; a row the reader cannot take is an error at its position, the next go on."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.DictReader(io.StringIO(text))
+    position = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            yield position, None, f"not valid CSV (line {reader.line_num}): {err}", ""
+        else:
+            yield position, row, "", ""
+        position += 1
+
+
+# A field can be as long as the file: the csv module's default (128 KB) made a long tune
+# reject the whole file. Process-wide, but only ever raised.
+CSV_FIELD_LIMIT = 2**31 - 1
+
+SCALAR = (str, int, float, bool)
+
+
+def _raw_of(row: object) -> str:
+    try:
+        return json.dumps(row, default=str)[:2000]
+    except (ValueError, RecursionError):
+        return ""
+
+
+def _tune_of_row(path: str, collection: str, position: int, row: object, encoding: str,
+                 raw: str) -> RawTune | dict:
+    def reject(reason: str, detail: str) -> dict:
+        return reject_row(collection=collection, source=path, position=position, stage="read", reason=reason,
+                          detail=detail, raw=(raw or _raw_of(row))[:2000])
+
+    if not isinstance(row, dict) or not row.get("abc"):
+        return reject("missing_column", f"row {position} has no 'abc' body (columns: {', '.join(TABULAR_COLUMNS)})")
+    not_text = [k for k in TABULAR_COLUMNS if row.get(k) is not None and not isinstance(row[k], SCALAR)]
+    if not_text:
+        return reject("bad_column", f"row {position}: column {not_text[0]!r} holds a "
+                      f"{type(row[not_text[0]]).__name__}, not text or a number")
+    number = row.get("setting_id") or row.get("tune_id") or position + 1
+    header = [f"X:{number}", f"T:{row.get('name') or ''}"]
+    if row.get("type"):
+        header.append(f"R:{row['type']}")
+    if row.get("meter"):
+        header.append(f"M:{row['meter']}")
+    header.append("L:1/8")  # the community dumps write bodies in eighths
+    header.append(f"K:{_key_field(str(row.get('mode') or ''))}")
+    body = str(row["abc"]).replace("\r\n", "\n").replace("\\n", "\n")
+    meta = {k: str(row[k]) for k in ("tune_id", "setting_id", "type") if row.get(k) is not None}
+    title = str(row["name"]) if row.get("name") else None
+    return RawTune(source=path, collection=collection, position=position, text="\n".join(header) + "\n" + body,
+                   encoding=encoding, title=title, meta=meta)
 
 
 class _ReadFilesAsCollections(beam.PTransform):
@@ -204,9 +350,16 @@ class ReadTabularDump(_ReadFilesAsCollections):
 def records_of_folkrnn_text(path: str, collection: str, data: bytes) -> Iterator[RawTune]:
     """Tunes of a folk-rnn data file; the record's text is the token block itself."""
     text, encoding = decode_text(data)
+    yield from folkrnn_records(path, collection, text, encoding)
+
+
+def folkrnn_records(source: str, collection: str, text: str, encoding: str,
+                    detected: bool = False) -> Iterator[RawTune]:
+    """RawTune records of folk-rnn text; ``detected``: recognised by its layout, not named by --format."""
+    meta = {"format": "folkrnn-text", **({"detected": "layout"} if detected else {})}
     for position, tokens in enumerate(read_folkrnn_text(text)):
-        yield RawTune(source=path, collection=collection, position=position, text=" ".join(tokens),
-                      encoding=encoding, meta={"format": "folkrnn-text"})
+        yield RawTune(source=source, collection=collection, position=position, text=" ".join(tokens),
+                      encoding=encoding, meta=meta)
 
 
 class ReadFolkRnnText(_ReadFilesAsCollections):

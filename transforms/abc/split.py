@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from schemas.vocab import MODE_TOKENS, TOKEN_TO_ID
+
 _FIELD_LINE = re.compile(r"^[A-Za-z]:")
 _BLANK_SPLIT = re.compile(r"\n[ \t]*\n")
 INHERITED_FIELDS = set("LMRCOABDGHNSZI")
@@ -63,6 +65,30 @@ def _with_header(tune: str, header: list[str]) -> str:
 
 
 # -- the folk-rnn text layout --------------------------------------------------------------
+
+_FOLKRNN_METER_LINE = re.compile(r"M:\S+")
+# Share of body tokens that must be vocabulary tokens: a misspelt token costs one tune (rejected as
+# token_not_in_vocab), not the whole file; ABC written without spaces ("CDEF GABc|") is far below it.
+FOLKRNN_TEXT_MIN_VOCAB_SHARE = 0.9
+
+
+def looks_like_folkrnn_text(text: str) -> bool:
+    """True when every block is laid out as folk-rnn writes its data: an ``M:`` line and a
+    ``K:C<mode>`` line of one token each, then body tokens separated by spaces, nearly all of
+    them in the vocabulary. ABC read that way would be garbled (or rejected as unparseable)."""
+    blocks = _blocks(text.replace("\r\n", "\n").replace("\r", "\n"))
+    if not blocks:
+        return False
+    body_tokens = in_vocabulary = 0
+    for block in blocks:
+        lines = [line.strip() for line in block.strip().split("\n")]
+        if len(lines) < 3 or not _FOLKRNN_METER_LINE.fullmatch(lines[0]) or lines[1] not in MODE_TOKENS:
+            return False
+        tokens = " ".join(lines[2:]).split()
+        body_tokens += len(tokens)
+        in_vocabulary += sum(token in TOKEN_TO_ID for token in tokens)
+    return body_tokens > 0 and in_vocabulary >= FOLKRNN_TEXT_MIN_VOCAB_SHARE * body_tokens
+
 
 def read_folkrnn_text(text: str) -> list[list[str]]:
     """Tunes of a folk-rnn data file: blocks of an M: line, a K: line and a line of tokens."""
