@@ -74,6 +74,10 @@ class FetchResult:
         return self.error is None
 
 
+def _failure(url: str, status: int | None, error: str, message: str, final_url: str = "") -> FetchResult:
+    return FetchResult(url, status, "", b"", error=error, final_url=final_url, message=message)
+
+
 def fetch(
     url: str,
     *,
@@ -103,7 +107,7 @@ def fetch(
     url = url.strip()
     problem = url_problem(url)
     if problem:
-        return FetchResult(url, None, "", b"", error="bad_url", message=problem)
+        return _failure(url, None, "bad_url", problem)
     if cache_dir and not refresh:
         cached = cache.load(cache_dir, url)
         if cached is not None:
@@ -284,11 +288,8 @@ def _fetch_once(url: str, user_agent: str, timeout: float, follow_offsite: bool)
             current = _resolve_location(current, outcome.location)
             refused = _redirect_refusal(url, current, follow_offsite)
             if refused:
-                reason, message = refused
-                return FetchResult(url, outcome.status, "", b"", error=reason, final_url=current, message=message), None
-    message = f"more than {MAX_REDIRECTS} redirects"
-    return FetchResult(url, outcome.status, "", b"", error="too_many_redirects", final_url=current,
-                       message=message), None
+                return _failure(url, outcome.status, *refused, final_url=current), None
+    return _failure(url, outcome.status, "too_many_redirects", f"more than {MAX_REDIRECTS} redirects", current), None
 
 
 def _get(url: str, current: str, user_agent: str, deadline: _Deadline) -> _Outcome | _Redirect:
@@ -306,8 +307,7 @@ def _get(url: str, current: str, user_agent: str, deadline: _Deadline) -> _Outco
             finally:
                 response.close()
     except (HTTPError, HTTPException, OSError, ValueError, _Unusable) as err:
-        error, message = _classify(err, deadline)
-        return FetchResult(url, None, "", b"", error=error, final_url=current, message=message), None
+        return _failure(url, None, *_classify(err, deadline), final_url=current), None
 
 
 def _answer(url: str, current: str, response: BaseHTTPResponse, deadline: _Deadline) -> _Outcome | _Redirect:
@@ -316,8 +316,7 @@ def _answer(url: str, current: str, response: BaseHTTPResponse, deadline: _Deadl
         return _Redirect(response.status, location)
     if not 200 <= response.status < 300:
         message = f"HTTP {response.status} {response.reason or ''}".strip()
-        return FetchResult(url, response.status, "", b"", error=f"http_{response.status}", final_url=current,
-                           message=message), response
+        return _failure(url, response.status, f"http_{response.status}", message, current), response
     body = _read_body(response)
     if deadline.expired:  # the watchdog may have ended the body early: what came is not kept
         raise TimeoutError
