@@ -295,17 +295,13 @@ def _fetch_once(url: str, user_agent: str, timeout: float, follow_offsite: bool)
 def _get(url: str, current: str, user_agent: str, deadline: _Deadline) -> _Outcome | _Redirect:
     """One GET of ``current`` (``url`` after the redirects so far): a result, or where to go next."""
     try:
-        with _pool_manager(current, deadline) as http:
-            response = http.urlopen(
-                "GET", current, headers={"User-Agent": user_agent, "Accept": "*/*"},
-                redirect=False, retries=False, preload_content=False,
-                decode_content=False,  # the bytes as sent, as they are cached
-                timeout=deadline.remaining(),
-            )
-            try:
-                return _answer(url, current, response, deadline)
-            finally:
-                response.close()
+        with _pool_manager(current, deadline) as http, http.urlopen(
+            "GET", current, headers={"User-Agent": user_agent, "Accept": "*/*"},
+            redirect=False, retries=False, preload_content=False,
+            decode_content=False,  # the bytes as sent, as they are cached
+            timeout=deadline.remaining(),
+        ) as response:
+            return _answer(url, current, response, deadline)
     except (HTTPError, HTTPException, OSError, ValueError, _Unusable) as err:
         return _failure(url, None, *_classify(err, deadline), final_url=current), None
 
