@@ -115,7 +115,7 @@ def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_f
     if plan.folkrnn_text:
         add("FolkRnn", pipeline | "ReadFolkRnnText" >> ReadFolkRnnText(plan.folkrnn_text))
     if plan.urls:
-        from transforms.scrape import ScrapeAbc
+        from pipeline.beam.scrape import ScrapeAbc
         from transforms.sources import tunes_of_document
 
         scraped = (

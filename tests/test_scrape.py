@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import apache_beam as beam
 import pytest
@@ -17,16 +20,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.scrape import (
-    DEFAULT_USER_AGENT,
-    ScrapeAbc,
-    _FetchHostDoFn,
-    extract_abc,
-    fetch,
-    host_of,
-    read_url_list,
-)
+from pipeline.beam.scrape import ScrapeAbc, _FetchHostDoFn
+from transforms.scrape import DEFAULT_USER_AGENT, extract_abc, fetch, host_of, read_url_list
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNE = "X:1\nT:The Kesh\nM:6/8\nL:1/8\nK:G\n|:GAG GAB|ABA ABd|edd gdd|edB dBA:|\n"
 A_TUNE = "X:2\nT:A Tune\nM:4/4\nK:D\nd2fd A2FA|\n"
 B_TUNE = "X:3\nT:B Tune\nM:3/4\nK:Ador\nA2 B2 c2|\n"
@@ -89,7 +86,7 @@ class Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.requests.append((self.path, self.headers.get("User-Agent", ""), time.monotonic()))
             seen = sum(1 for p, _, _ in self.server.requests if p == self.path)
-        path = self.path.split("?", 1)[0]
+        path = urlsplit(self.path).path  # a proxy request names the whole URL: its path is the page
         try:
             self.route(path, seen)
         except (BrokenPipeError, ConnectionResetError):
@@ -269,6 +266,30 @@ def test_cache_entry_with_wrong_length_is_refetched(server, tmp_path):
         f.write(b"extra")
     again = fetch(server.url("/tune.abc"), **quick(cache_dir=cache))
     assert not again.from_cache and again.body == TUNE.encode() and server.count() == 2
+
+
+def test_fetch_goes_through_the_proxy_the_environment_names(server, monkeypatch):
+    monkeypatch.setenv("http_proxy", server.base)  # the fixture server stands in for the proxy
+    monkeypatch.delenv("no_proxy", raising=False)
+    result = fetch("http://tunes.test/tune.abc", **quick())
+    assert result.ok and result.body == TUNE.encode()
+    assert server.requests[0][0] == "http://tunes.test/tune.abc"  # the whole URL: a proxy request
+
+
+def test_fetch_skips_the_proxy_for_no_proxy_hosts(server, monkeypatch):
+    with socket.socket() as s:  # a proxy that is not there: using it would fail
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{s.getsockname()[1]}")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    assert fetch(server.url("/tune.abc"), **quick()).ok
+
+
+def test_scraping_functions_do_not_import_beam():
+    modules = "transforms.scrape, transforms.scrape.client, transforms.scrape.extract, transforms.scrape.cache"
+    code = f"import sys, {modules}; assert 'apache_beam' not in sys.modules, 'apache_beam was imported'"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 # ---------------------------------------------------------------------------------------------

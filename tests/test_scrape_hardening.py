@@ -21,8 +21,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import cli
+from pipeline.beam.scrape import ScrapeAbc
 from pipeline.run_ingest import IngestPlan, build_ingest
-from transforms.scrape import BAD_URL_COLLECTION, MAX_REDIRECTS, ScrapeAbc, fetch, host_of
+from transforms.scrape import BAD_URL_COLLECTION, MAX_REDIRECTS, fetch, host_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNE = "X:1\nT:The Kesh\nM:6/8\nL:1/8\nK:G\n|:GAG GAB|ABA ABd|edd gdd|edB dBA:|\n|:g2e dBA|GAB AGE:|\n"
