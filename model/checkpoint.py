@@ -203,15 +203,17 @@ def check_weights(state: object, config: ModelConfig, where: str) -> None:
                                   "diverged or the file is damaged: use an earlier checkpoint")
 
 
-def read_payload(path: str, device: str | torch.device = "cpu") -> dict:
+def read_payload(path: str, device: str | torch.device = "cpu", name: str | None = None) -> dict:
     """The checkpoint's dict, checked for format, vocabulary, model config and weights (shapes, all
-    finite) before anything is built from it."""
+    finite) before anything is built from it. Messages call the file ``name`` (default ``path``;
+    e.g. the gs:// address of a downloaded copy)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
+    file, path = path, name or path
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
             warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location=device, weights_only=True)
+            payload = torch.load(file, map_location=device, weights_only=True)
     except OSError:
         raise
     except Exception as err:  # UnpicklingError, RuntimeError (zip), EOFError ...
@@ -246,9 +248,12 @@ def model_config_of(payload: dict, path: str) -> ModelConfig:
         raise CheckpointError(f"{path} is not a valid folkrnn checkpoint: {err}; {HOW_TO_GET_ONE}") from None
 
 
-def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[FolkRNN, dict]:
-    """The model (in eval mode, on ``device``) and the whole payload of a checkpoint."""
-    payload = read_payload(path, device)
+def load_checkpoint(path: str, device: str | torch.device = "cpu", name: str | None = None
+                    ) -> tuple[FolkRNN, dict]:
+    """The model (in eval mode, on ``device``) and the whole payload of a checkpoint (``name``: as
+    in read_payload)."""
+    payload = read_payload(path, device, name)
+    path = name or path
     model = FolkRNN(model_config_of(payload, path))
     try:
         model.load_state_dict(payload["model"])
