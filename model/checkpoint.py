@@ -59,7 +59,7 @@ def check_folder(folder: str, what: str = "the output") -> None:
     while not os.path.exists(current):
         current = os.path.dirname(current)
     if not os.path.isdir(current):
-        raise UsageError(f"cannot write {what} into {folder}: {current} is a file, not a folder "
+        raise UsageError(f"cannot write {what} into {folder}: {current} is not a folder "
                          "(choose another path)")
 
 
