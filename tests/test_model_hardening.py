@@ -369,13 +369,25 @@ def v2_pickle(tmp_path) -> str:
     return str(path)
 
 
-def test_import_onto_a_full_disk_is_one_line_and_the_device_stays(v2_pickle, capsys):
-    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
-    code, line = run_cli(capsys, "import-folkrnn", v2_pickle, "--out", "/dev/full")
-    assert code == 2 and line == ("folkrnn import-folkrnn: error: /dev/full: No space left on device (free some "
-                                  "space or choose another disk)")
-    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # it was renamed over, as root, before the fix
-    assert not [n for n in os.listdir("/dev") if n.startswith(".full")]
+@pytest.fixture
+def full_device(tmp_path) -> str:
+    """A full disk: our own node of /dev/full's device where we may make one (as root), so that a
+    regression renames over a node in tmp_path and not over the machine's /dev/full."""
+    path = str(tmp_path / "full")
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    except PermissionError:
+        return "/dev/full"
+    return path
+
+
+def test_import_onto_a_full_disk_is_one_line_and_the_device_stays(v2_pickle, full_device, capsys):
+    code, line = run_cli(capsys, "import-folkrnn", v2_pickle, "--out", full_device)
+    assert code == 2 and line == (f"folkrnn import-folkrnn: error: {full_device}: No space left on device (free "
+                                  "some space or choose another disk)")
+    assert stat.S_ISCHR(os.stat(full_device).st_mode)  # it was renamed over, as root, before the fix
+    folder, name = os.path.split(full_device)
+    assert not [n for n in os.listdir(folder) if n.startswith(f".{name}")]
 
 
 def test_import_beyond_the_file_size_limit_names_the_checkpoint(v2_pickle, tmp_path):
@@ -414,13 +426,13 @@ def test_train_into_a_file_is_refused_before_any_work(tmp_path, capsys):
     assert code == 2 and line == "folkrnn train: error: --units must be at most 4096, got 5000"
 
 
-def test_atomic_save_goes_through_atomic_write(tmp_path):
+def test_atomic_save_goes_through_atomic_write(tmp_path, full_device):
     model = FolkRNN(SMALL)
     path = str(tmp_path / "c.pt")
     atomic_save(make_payload(model), path)
     atomic_save(make_payload(model), path)  # replaces
-    assert os.listdir(tmp_path) == ["c.pt"]
+    assert [n for n in os.listdir(tmp_path) if n != "full"] == ["c.pt"]  # no temporary file left
     read_payload(path)
     with pytest.raises(OSError) as failed:
-        atomic_save(make_payload(model), "/dev/full")
-    assert failed.value.filename == "/dev/full" and failed.value.strerror == "No space left on device"
+        atomic_save(make_payload(model), full_device)
+    assert failed.value.filename == full_device and failed.value.strerror == "No space left on device"
