@@ -75,14 +75,14 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
         return text.encode("latin1", errors)
 
     def dtype(spec, align=False, copy=False):
-        if not isinstance(align, SCALARS) or not isinstance(copy, SCALARS) or not isinstance(spec, (str, bytes)) or not re.fullmatch(rb"[<>|=]?[a-zA-Z]\d{0,3}",
-                                                                 spec.encode("latin1") if isinstance(spec, str)
-                                                                 else spec):
-            raise _refuse(f"a numpy dtype is given as {type(spec).__name__} {_bounded(spec)}")
-        kind = np.dtype(spec).kind
+        code = spec.encode("latin1") if isinstance(spec, str) else spec
+        if not isinstance(code, bytes) or not re.fullmatch(rb"[<>|=]?[a-zA-Z]\d{0,3}", code) or \
+                not isinstance(align, SCALARS) or not isinstance(copy, SCALARS):
+            raise _refuse(f"a numpy dtype is given as {_bounded(spec)}")
+        kind = np.dtype(code.decode("latin1")).kind
         if kind not in DTYPE_KINDS:
             raise _refuse(f"an array of dtype {_bounded(spec)} (kind {kind!r}) could hold Python objects")
-        return np.dtype(spec, align, copy)
+        return np.dtype(code.decode("latin1"), align, copy)
 
     def reconstruct(cls, shape, typecode):
         if cls is not np.ndarray or not _int_tuple(shape) or not isinstance(typecode, (str, bytes)):
@@ -118,7 +118,7 @@ def _bounded(value: object, limit: int = 40) -> str:
 def _text(value: object, limit: int = 200) -> str:
     """A name from the file (configuration, experiment id) as text, bounded; '' for anything else."""
     if isinstance(value, bytes):
-        value = value.decode("latin1")
+        value = value[:limit].decode("latin1")
     return value[:limit] if isinstance(value, str) else ""
 
 

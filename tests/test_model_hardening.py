@@ -125,7 +125,8 @@ def test_the_network_checks_its_config_before_allocating():
     assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
 
 
-@pytest.mark.parametrize("config", [SMALL, ModelConfig(n_units=64), ModelConfig(n_layers=2, n_units=3, learn_init=False)])
+@pytest.mark.parametrize("config", [SMALL, ModelConfig(n_units=64),
+                                    ModelConfig(n_layers=2, n_units=3, learn_init=False)])
 def test_expected_shapes_are_the_networks(config):
     model = FolkRNN(config)
     assert expected_shapes(config) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -159,7 +160,8 @@ def test_crafted_configs_are_one_line_in_every_command(good_checkpoint, tmp_path
      r"weight out.bias has shape \(5,\), but its model_config \(1x8\) needs \(137,\)"),
     (lambda p: p["model"].__setitem__("out.bias", torch.zeros(137, dtype=torch.int64)),
      "weight out.bias is not a floating-point tensor"),
-    (lambda p: p["model"].pop("layers.0.h0"), r"weights do not fit its model_config \(1x8\): missing \['layers.0.h0'\]"),
+    (lambda p: p["model"].pop("layers.0.h0"),
+     r"weights do not fit its model_config \(1x8\): missing \['layers.0.h0'\]"),
     (lambda p: p["model"].__setitem__("extra", torch.zeros(1)), r"unexpected \['extra'\]"),
     (lambda p: p.update(model=[1]), "holds no weights"),
     (lambda p: p["model"]["out.bias"].fill_(math.nan), "weight out.bias holds 137 NaN or infinite values"),
