@@ -22,18 +22,24 @@ import os
 import re
 import stat
 import warnings
+import zipfile
 from collections.abc import Callable
 from typing import BinaryIO
 
 import torch
 
 from model.network import FolkRNN, ModelConfig, ModelConfigError, expected_shapes
+from model.safe_pickle import PickleRefused
+from model.safe_pickle import check_structure as check_structure_of_pickle
 from schemas.errors import UsageError
 from schemas.files import atomic_write
 from schemas.vocab import TOKENS
 
 FORMAT = "folkrnn-checkpoint"
 VERSION = 1
+# A checkpoint's pickle (its structure; tensors are stored beside it) is a few KB.
+MAX_PICKLE_BYTES = 64 * 1024 * 1024
+MAX_PICKLE_OPS = 5_000_000
 HOW_TO_GET_ONE = ("checkpoints are written by `folkrnn train` or `folkrnn import-folkrnn`, and model/demo.pt "
                   "is one")
 
@@ -203,6 +209,31 @@ def check_weights(state: object, config: ModelConfig, where: str) -> None:
                                   "diverged or the file is damaged: use an earlier checkpoint")
 
 
+def check_structure(file: str, path: str) -> None:
+    """Refuse, before torch.load, a file that is not a torch zip or whose pickle could take unbounded
+    time (torch's weights-only unpickler hashes a crafted nested tuple forever: model/safe_pickle.py)."""
+    not_torch = f"{path} is not a folkrnn checkpoint: it is not a file torch saved, or it is damaged or cut short"
+    try:
+        with zipfile.ZipFile(file) as archive:
+            pickles = [info for info in archive.infolist() if info.filename.count("/") == 1
+                       and info.filename.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                raise CheckpointError(f"{not_torch}; {HOW_TO_GET_ONE}")
+            if pickles[0].file_size > MAX_PICKLE_BYTES:
+                raise CheckpointError(f"{path} is not a folkrnn checkpoint: its pickle is {pickles[0].file_size:,} "
+                                      f"bytes, and a checkpoint's is a few KB")
+            data = archive.read(pickles[0])
+        check_structure_of_pickle(data, MAX_PICKLE_OPS)
+    except PickleRefused as err:
+        raise CheckpointError(f"{path} is not a folkrnn checkpoint: refusing to load it: {err}") from None
+    except CheckpointError:
+        raise
+    except OSError:
+        raise
+    except Exception:  # not a zip, a damaged zip or pickle
+        raise CheckpointError(f"{not_torch}; {HOW_TO_GET_ONE}") from None
+
+
 def read_payload(path: str, device: str | torch.device = "cpu", name: str | None = None) -> dict:
     """The checkpoint's dict, checked for format, vocabulary, model config and weights (shapes, all
     finite) before anything is built from it. Messages call the file ``name`` (default ``path``;
@@ -210,6 +241,7 @@ def read_payload(path: str, device: str | torch.device = "cpu", name: str | None
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
     file, path = path, name or path
+    check_structure(file, path)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
             warnings.simplefilter("ignore")

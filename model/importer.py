@@ -19,12 +19,9 @@ for bytes in protocol 2) and refuses every other one before anything is called. 
 are called only with the argument types a numpy array needs (``np.dtype("f4")``, never a
 crafted list whose error message would print it).
 
-A small pickle can still cost unbounded time: shared references make a "billion laughs" (a list
-of ten references to a list of ten references ... is 114 KB on disk and 10^30 elements to
-``str()``), and a nested tuple used as a dict key is hashed by walking it the same way. So the
-file size and the number of pickle instructions are bounded, dict keys and set items must be
-plain scalars, objects are built only for numpy arrays and dtypes, and nothing untrusted is
-``str()``-ed without a bound.
+A small pickle can still cost unbounded time (a "billion laughs", a nested tuple as a dict key):
+model/safe_pickle.py bounds the file's instructions and what they may build, the file's size is
+bounded here, and nothing untrusted is ``str()``-ed without a bound.
 """
 
 from __future__ import annotations
@@ -40,6 +37,7 @@ import torch
 
 from model.checkpoint import check_folder, save_checkpoint
 from model.network import MAX_LAYERS, FolkRNN, ModelConfig, ModelConfigError
+from model.safe_pickle import SCALARS, BoundedUnpickler, PickleRefused, check_expansion, counted
 from schemas.errors import UsageError
 from schemas.vocab import TOKENS, VOCAB_SIZE
 
@@ -48,17 +46,11 @@ PARAMS_PER_LAYER = 14
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
 # Pickle instructions: an array is a handful, a number in a loss list about eight (30,000 losses: 240,000).
 MAX_PICKLE_OPS = 5_000_000
-SCALARS = (str, bytes, int, float, bool, type(None))
 DTYPE_KINDS = "fiubSU"  # numbers, booleans and fixed-size text: no Python objects, no records
 
 
 class FolkRNNImportError(UsageError):
     """The file is not an original folk-rnn parameter file we can (or may) read."""
-
-
-def _refuse(what: str) -> FolkRNNImportError:
-    return FolkRNNImportError(f"refusing to unpickle: {what}; folk-rnn's file holds only numpy arrays, "
-                              "numbers and names")
 
 
 def _numpy_globals() -> dict[tuple[str, str], object]:
@@ -78,20 +70,20 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
         code = spec.encode("latin1") if isinstance(spec, str) else spec
         if not isinstance(code, bytes) or not re.fullmatch(rb"[<>|=]?[a-zA-Z]\d{0,3}", code) or \
                 not isinstance(align, SCALARS) or not isinstance(copy, SCALARS):
-            raise _refuse(f"a numpy dtype is given as {_bounded(spec)}")
+            raise PickleRefused(f"a numpy dtype is given as {_bounded(spec)}")
         kind = np.dtype(code.decode("latin1")).kind
         if kind not in DTYPE_KINDS:
-            raise _refuse(f"an array of dtype {_bounded(spec)} (kind {kind!r}) could hold Python objects")
+            raise PickleRefused(f"an array of dtype {_bounded(spec)} (kind {kind!r}) could hold Python objects")
         return np.dtype(code.decode("latin1"), align, copy)
 
     def reconstruct(cls, shape, typecode):
         if cls is not np.ndarray or not _int_tuple(shape) or not isinstance(typecode, (str, bytes)):
-            raise _refuse("numpy's _reconstruct is called with arguments no array needs")
+            raise PickleRefused("numpy's _reconstruct is called with arguments no array needs")
         return multiarray._reconstruct(cls, shape, typecode)
 
     def scalar(dtype_, data=None):
         if not isinstance(dtype_, np.dtype) or not isinstance(data, (str, bytes)):
-            raise _refuse("numpy's scalar is called with arguments no number needs")
+            raise PickleRefused("numpy's scalar is called with arguments no number needs")
         return multiarray.scalar(dtype_, data)
 
     allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): dtype, ("_codecs", "encode"): latin1_encode}
@@ -122,27 +114,13 @@ def _text(value: object, limit: int = 200) -> str:
     return value[:limit] if isinstance(value, str) else ""
 
 
-def _counted(load):
-    def step(self) -> None:
-        self.ops += 1
-        if self.ops > MAX_PICKLE_OPS:
-            raise _refuse(f"the file has more than {MAX_PICKLE_OPS:,} pickle instructions")
-        load(self)
-    return step
-
-
-class RestrictedUnpickler(pickle._Unpickler):
-    """An unpickler that can build numpy arrays, numpy scalars and plain containers, nothing else.
-
-    It is Python's own pure-Python unpickler (the C one cannot be watched per instruction), with
-    every instruction counted and the ones that hash or build objects checked first."""
-
-    dispatch = {op: _counted(load) for op, load in pickle._Unpickler.dispatch.items()}
+class RestrictedUnpickler(BoundedUnpickler):
+    """An unpickler that can build numpy arrays, numpy scalars and plain containers, nothing else,
+    in bounded time (model/safe_pickle.py)."""
 
     def __init__(self, file, **kwargs):
-        super().__init__(file, **kwargs)
+        super().__init__(file, max_ops=MAX_PICKLE_OPS, **kwargs)
         self._allowed = _numpy_globals()
-        self.ops = 0
 
     def find_class(self, module: str, name: str):
         try:
@@ -155,39 +133,6 @@ class RestrictedUnpickler(pickle._Unpickler):
     def persistent_load(self, pid):
         raise FolkRNNImportError("refusing to unpickle: the file uses persistent ids")
 
-    @staticmethod
-    def _scalars(items, where: str):
-        """Dict keys and set items are hashed: a nested tuple would be walked exponentially often."""
-        for item in items:
-            if not isinstance(item, SCALARS):
-                raise _refuse(f"a {where} is a {type(item).__name__}, not a name or number")
-        return items
-
-    def load_dict(self):
-        items = self.pop_mark()
-        self.append(dict(zip(self._scalars(items[0::2], "dict key"), items[1::2])))
-
-    def load_setitem(self):
-        value, key = self.stack.pop(), self.stack.pop()
-        self._scalars([key], "dict key")
-        self._dict_on_top()[key] = value
-
-    def load_setitems(self):
-        items = self.pop_mark()
-        self._dict_on_top().update(zip(self._scalars(items[0::2], "dict key"), items[1::2]))
-
-    def _dict_on_top(self) -> dict:
-        target = self.stack[-1]
-        if type(target) is not dict:
-            raise _refuse(f"the file sets items of a {type(target).__name__}")
-        return target
-
-    def load_additems(self):
-        raise _refuse("the file builds a set")
-
-    def load_frozenset(self):
-        raise _refuse("the file builds a frozenset")
-
     def load_build(self):
         state, target = self.stack.pop(), self.stack[-1]
         if isinstance(target, np.ndarray) and _array_state(state):
@@ -196,13 +141,11 @@ class RestrictedUnpickler(pickle._Unpickler):
                 all(entry is None for entry in state[2:5]) and all(isinstance(e, SCALARS) for e in state):
             target.__setstate__(state)
         else:
-            raise _refuse(f"the file sets the state of a {type(target).__name__} to a {type(state).__name__}")
+            raise PickleRefused(f"it sets the state of a {type(target).__name__} to a {type(state).__name__}")
 
 
-for _op, _name in ((pickle.DICT, "load_dict"), (pickle.SETITEM, "load_setitem"), (pickle.SETITEMS, "load_setitems"),
-                   (pickle.ADDITEMS, "load_additems"), (pickle.FROZENSET, "load_frozenset"),
-                   (pickle.BUILD, "load_build")):
-    RestrictedUnpickler.dispatch[_op[0]] = _counted(getattr(RestrictedUnpickler, _name))
+RestrictedUnpickler.dispatch = {**BoundedUnpickler.dispatch,
+                                pickle.BUILD[0]: counted(RestrictedUnpickler.load_build)}
 
 
 def _array_state(state: object) -> bool:
@@ -234,38 +177,21 @@ def unpickle_metadata(data: bytes, path: str) -> dict:
     Python 2 strings)."""
     try:
         obj = RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        check_expansion(obj, MAX_PICKLE_OPS)
     except FolkRNNImportError as err:
         raise FolkRNNImportError(f"{path}: {err}") from None
+    except PickleRefused as err:
+        raise FolkRNNImportError(f"{path}: refusing to unpickle: {err}; folk-rnn's file holds only numpy arrays, "
+                                 "numbers and names") from None
     except RecursionError:
         raise FolkRNNImportError(f"{path} is not a readable pickle (it nests too deeply)") from None
     except Exception as err:  # truncated or not a pickle at all
         detail = " ".join(str(err).split())[:160]
         raise FolkRNNImportError(f"{path} is not a readable pickle ({type(err).__name__}: {detail})") from None
-    if _expanded_size(obj, MAX_PICKLE_OPS) > MAX_PICKLE_OPS:
-        raise FolkRNNImportError(f"{path}: refusing to unpickle: its objects expand to more than {MAX_PICKLE_OPS:,} "
-                                 "elements through shared references (a 'billion laughs'); folk-rnn's file "
-                                 "shares none")
     if not isinstance(obj, dict) or "param_values" not in obj or "token2idx" not in obj:
         raise FolkRNNImportError(f"{path} is a pickle but not folk-rnn's metadata (a dict with param_values "
                                  "and token2idx)")
     return obj
-
-
-def _expanded_size(obj: object, budget: int) -> int:
-    """Elements of ``obj`` counted as a tree (a shared list once per reference), stopping past ``budget``.
-
-    Unshared, a pickle cannot hold more elements than instructions; only shared (or cyclic)
-    containers expand beyond that, and those are what makes str() or a walk take forever."""
-    count, todo = 0, [obj]
-    while todo and count <= budget:
-        item = todo.pop()
-        count += 1
-        if isinstance(item, dict):
-            todo.extend(item.keys())
-            todo.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            todo.extend(item)
-    return count
 
 
 def read_folkrnn_pickle(path: str) -> dict:

@@ -100,7 +100,8 @@ CONFIGS = [
     (set_config(learn_init="yes"), r"learn_init must be true or false"),
     (set_config(n_layers=8, n_units=4096), r"8x4096 has 1,009,635,465 parameters; at most 250,000,000"),
     (set_config(evil=1), r"unknown keys 'evil'"),
-    (lambda p: p.update(model_config={"n_layers": 1}), r"model_config lacks vocab_size, n_units, dropout, learn_init"),
+    (lambda p: p.update(model_config={"n_layers": 1}),
+     r"model_config lacks vocab_size, n_units, dropout, learn_init"),
     (lambda p: p.update(model_config=[1, 2]), r"model_config is a list, not a dict"),
 ]
 
@@ -225,6 +226,35 @@ def test_a_damaged_training_state_is_one_line_on_resume(tmp_path, capsys, mutate
     assert message in line
 
 
+def with_data_pickle(good: str, path, ops: bytes) -> str:
+    """``good`` with its data.pkl (the pickle inside torch's zip) replaced by ``ops``."""
+    import zipfile
+
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            target.writestr(info, ops if info.filename.endswith("/data.pkl") else source.read(info))
+    return str(path)
+
+
+def test_a_checkpoint_whose_pickle_would_hash_forever_is_refused(good_checkpoint, tmp_path):
+    """A 1 KB .pt with a nested tuple as a dict key hung torch.load(weights_only=True) itself."""
+    memo = 1000
+    ops = b"\x80\x02" + pickle.EMPTY_DICT + pickle.MARK
+    ops += pickle.EMPTY_TUPLE + pickle.LONG_BINPUT + struct.pack("<I", memo)
+    for level in range(1, 41):  # no POP: torch's unpickler lacks it, so the levels stay on the stack
+        ops += (pickle.LONG_BINGET + struct.pack("<I", memo + level - 1)) * 2 + pickle.TUPLE2
+        ops += pickle.LONG_BINPUT + struct.pack("<I", memo + level)
+    ops += pickle.BININT1 + b"\x01" + pickle.SETITEMS + pickle.STOP
+    path = with_data_pickle(good_checkpoint, tmp_path / "tuple-key.pt", ops)
+    done = folkrnn("generate", path, "--numbers", "1", timeout=20)
+    assert done.returncode == 2 and one_line(done.stderr) == (
+        f"folkrnn generate: error: {path} is not a folkrnn checkpoint: refusing to load it: a dict key is a tuple, "
+        "not a name or number")
+    laughing = with_data_pickle(good_checkpoint, tmp_path / "laughs.pt", b"\x80\x02" + laughs() + pickle.STOP)
+    with pytest.raises(CheckpointError, match="expand to more than 5,000,000 elements"):
+        read_payload(laughing)
+
+
 # -- 9. a file that is not a checkpoint: our words, not torch's -----------------------------------------
 
 def test_model_card_is_not_a_folkrnn_checkpoint():
@@ -291,7 +321,8 @@ def test_a_billion_laughs_import_fails_fast_in_one_line(tmp_path):
     assert done.returncode == 2
     assert one_line(done.stderr) == (
         f"folkrnn import-folkrnn: error: {path}: refusing to unpickle: its objects expand to more than 5,000,000 "
-        "elements through shared references (a 'billion laughs'); folk-rnn's file shares none")
+        "elements through shared references (a 'billion laughs'); folk-rnn's file holds only numpy arrays, numbers "
+        "and names")
     assert sorted(os.listdir(tmp_path)) == ["laughs.pkl"]
 
 
@@ -422,8 +453,9 @@ def test_train_beyond_the_file_size_limit_names_the_file(tmp_path, limit, victim
 def test_train_into_a_file_is_refused_before_any_work(tmp_path, capsys):
     write_text(str(tmp_path / "tunes.txt"), synthetic_tunes(20))
     code, line = run_cli(capsys, "train", str(tmp_path / "tunes.txt"), "--out", str(tmp_path / "tunes.txt" / "run"))
-    assert code == 2 and line == (f"folkrnn train: error: cannot write the training run into {tmp_path}/tunes.txt/run: "
-                                  f"{tmp_path}/tunes.txt is not a folder (choose another path)")
+    assert code == 2 and line == (f"folkrnn train: error: cannot write the training run into "
+                                  f"{tmp_path}/tunes.txt/run: {tmp_path}/tunes.txt is not a folder (choose another "
+                                  "path)")
     code, line = run_cli(capsys, "train", str(tmp_path / "tunes.txt"), "--units", "5000")
     assert code == 2 and line == "folkrnn train: error: --units must be at most 4096, got 5000"
 
