@@ -19,16 +19,29 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import re
+import stat
+import warnings
+import zipfile
+from collections.abc import Callable
+from typing import BinaryIO
 
 import torch
 
-from model.network import FolkRNN, ModelConfig
-from pipeline.errors import UsageError
+from model.network import FolkRNN, ModelConfig, ModelConfigError, expected_shapes
+from model.safe_pickle import PickleRefused
+from model.safe_pickle import check_structure as check_structure_of_pickle
+from schemas.errors import UsageError
+from schemas.files import atomic_write
 from schemas.vocab import TOKENS
 
 FORMAT = "folkrnn-checkpoint"
 VERSION = 1
+# A checkpoint's pickle (its structure; tensors are stored beside it) is a few KB.
+MAX_PICKLE_BYTES = 64 * 1024 * 1024
+MAX_PICKLE_OPS = 5_000_000
+HOW_TO_GET_ONE = ("checkpoints are written by `folkrnn train` or `folkrnn import-folkrnn`, and model/demo.pt "
+                  "is one")
 
 
 class CheckpointError(UsageError):
@@ -46,33 +59,71 @@ def _cpu(obj):
     return obj
 
 
-def atomic_save(payload: dict, path: str) -> None:
-    """torch.save to a temporary file beside ``path``, fsync, then rename over it: a reader
-    (or a crash) sees the old file or the new one, never half of one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+def check_folder(folder: str, what: str = "the output") -> None:
+    """Refuse, before any work, a folder that cannot be made because a file stands in its way."""
+    current = os.path.abspath(folder or ".")
+    while not os.path.exists(current):
+        current = os.path.dirname(current)
+    if not os.path.isdir(current):
+        raise UsageError(f"cannot write {what} into {folder}: {current} is not a folder "
+                         "(choose another path)")
+
+
+def make_folder(folder: str, what: str = "the output") -> None:
+    """os.makedirs, saying which file stands in the way rather than 'File exists' or 'Not a directory'."""
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.makedirs(folder or ".", exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        check_folder(folder, what)
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
+
+
+class _Recorder:
+    """A write-only handle that remembers the OSError of a failed write: torch.save reports it as a
+    RuntimeError of its own (``unexpected pos ...``), and the real cause (no space) would be lost."""
+
+    def __init__(self, handle: BinaryIO):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def torch_writer(payload: dict) -> Callable[[BinaryIO], None]:
+    """A callable for ``atomic_write`` that torch.saves ``payload``; a failed write raises its OSError."""
+
+    def write(handle: BinaryIO) -> None:
+        recorder = _Recorder(handle)
+        try:
+            torch.save(payload, recorder)
+        except RuntimeError:
+            if recorder.error is None:
+                raise
+            raise recorder.error from None
+
+    return write
+
+
+def atomic_save(payload: dict, path: str) -> None:
+    """torch.save through ``atomic_write``: a reader (or a crash) sees the old file or the new one,
+    never half of one. A failure is an OSError naming ``path`` (no space, file too large ...)."""
+    make_folder(os.path.dirname(os.path.abspath(path)))
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        # A device such as /dev/full: a rename would replace the device node itself (as root).
+        try:
+            with open(path, "wb") as handle:
+                torch_writer(payload)(handle)
+        except OSError as err:  # a failed write carries no file name
+            raise OSError(err.errno, err.strerror or str(err), path) from err
+        return
+    atomic_write(path, torch_writer(payload))
 
 
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
@@ -118,43 +169,129 @@ def save_checkpoint(path: str, model: FolkRNN, config: ModelConfig | None = None
     atomic_save(payload, path)
 
 
-def read_payload(path: str, device: str | torch.device = "cpu") -> dict:
-    """The checkpoint's dict, checked for format and vocabulary."""
+def _unreadable(path: str, err: Exception) -> CheckpointError:
+    """Why torch.load refused a file, in our words (torch's own text asks the user to file an issue)."""
+    text = str(err)
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]{1,200})", text)
+    if refused:
+        why = (f"it holds a pickled Python object ({refused.group(1)}), and only tensors and plain values are "
+               "loaded, since unpickling objects can run code")
+    elif "WeightsUnpickler" in text or isinstance(err, (EOFError, UnicodeDecodeError)) or "zip" in text.lower():
+        why = "it is not a file torch saved, or it is damaged or cut short"
+    else:
+        why = f"torch cannot read it ({type(err).__name__})"
+    return CheckpointError(f"{path} is not a folkrnn checkpoint: {why}; {HOW_TO_GET_ONE}")
+
+
+def check_weights(state: object, config: ModelConfig, where: str) -> None:
+    """The state dict must hold exactly the tensors ``config`` needs, of those shapes, all finite.
+
+    Shapes are compared before any value is read, so a crafted tensor cannot make us allocate;
+    NaN or infinite weights are refused, since they sample nonsense and train to NaN silently."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: holds no weights (its 'model' entry is not a state dict)")
+    shapes = expected_shapes(config)
+    missing = [name for name in shapes if name not in state]
+    extra = [name if isinstance(name, str) else type(name).__name__ for name in state if name not in shapes]
+    if missing or extra:
+        raise CheckpointError(f"{where}: weights do not fit its model_config ({config.n_layers}x{config.n_units}): "
+                              f"missing {missing[:4]}, unexpected {[n[:60] for n in extra[:4]]}")
+    for name, shape in shapes.items():
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise CheckpointError(f"{where}: weight {name} is not a floating-point tensor")
+        if tuple(tensor.shape) != shape:
+            raise CheckpointError(f"{where}: weight {name} has shape {tuple(tensor.shape)}, but its model_config "
+                                  f"({config.n_layers}x{config.n_units}) needs {shape}")
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise CheckpointError(f"{where}: weight {name} holds {bad:,} NaN or infinite values; the model "
+                                  "diverged or the file is damaged: use an earlier checkpoint")
+
+
+def check_structure(file: str, path: str) -> None:
+    """Refuse, before torch.load, a file that is not a torch zip or whose pickle could take unbounded
+    time (torch's weights-only unpickler hashes a crafted nested tuple forever: model/safe_pickle.py)."""
+    not_torch = f"{path} is not a folkrnn checkpoint: it is not a file torch saved, or it is damaged or cut short"
+    try:
+        with zipfile.ZipFile(file) as archive:
+            pickles = [info for info in archive.infolist() if info.filename.count("/") == 1
+                       and info.filename.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                raise CheckpointError(f"{not_torch}; {HOW_TO_GET_ONE}")
+            if pickles[0].file_size > MAX_PICKLE_BYTES:
+                raise CheckpointError(f"{path} is not a folkrnn checkpoint: its pickle is {pickles[0].file_size:,} "
+                                      f"bytes, and a checkpoint's is a few KB")
+            data = archive.read(pickles[0])
+        check_structure_of_pickle(data, MAX_PICKLE_OPS)
+    except PickleRefused as err:
+        raise CheckpointError(f"{path} is not a folkrnn checkpoint: refusing to load it: {err}") from None
+    except CheckpointError:
+        raise
+    except OSError:
+        raise
+    except Exception:  # not a zip, a damaged zip or pickle
+        raise CheckpointError(f"{not_torch}; {HOW_TO_GET_ONE}") from None
+
+
+def read_payload(path: str, device: str | torch.device = "cpu", name: str | None = None) -> dict:
+    """The checkpoint's dict, checked for format, vocabulary, model config and weights (shapes, all
+    finite) before anything is built from it. Messages call the file ``name`` (default ``path``;
+    e.g. the gs:// address of a downloaded copy)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
+    file, path = path, name or path
+    check_structure(file, path)
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            payload = torch.load(file, map_location=device, weights_only=True)
+    except OSError:
+        raise
     except Exception as err:  # UnpicklingError, RuntimeError (zip), EOFError ...
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        first = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else
-                     type(err).__name__)
-        raise CheckpointError(f"{path} is not a readable folkrnn checkpoint ({first}); checkpoints hold only "
-                              "tensors and plain values, written by `folkrnn train` or `folkrnn import-folkrnn`") \
-            from None
+        raise _unreadable(path, err) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a folkrnn checkpoint (no format={FORMAT!r} key)")
-    if payload.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {payload['version']}; this folkrnn reads up to "
+        raise CheckpointError(f"{path} is not a folkrnn checkpoint (no format={FORMAT!r} key); {HOW_TO_GET_ONE}")
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path} is not a folkrnn checkpoint (its version is not a number)")
+    if version > VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {version}; this folkrnn reads up to "
                               f"{VERSION}: upgrade folkrnn")
     vocabulary = payload.get("vocabulary")
-    if list(vocabulary or []) != list(TOKENS):
-        theirs = set(vocabulary or [])
-        missing, extra = sorted(set(TOKENS) - theirs), sorted(theirs - set(TOKENS))
+    vocabulary = list(vocabulary) if isinstance(vocabulary, (list, tuple)) else []
+    if vocabulary != list(TOKENS):
+        theirs = {t for t in vocabulary if isinstance(t, str)}
+        missing, extra = sorted(set(TOKENS) - theirs), sorted(t[:20] for t in theirs - set(TOKENS))
         detail = (f"missing {missing[:5]}, extra {extra[:5]}" if missing or extra
                   else "same tokens in another order")
         raise CheckpointError(f"{path} was trained on another vocabulary than folk-rnn v2's ({detail}); "
                               "it cannot be used with this folkrnn")
+    config = model_config_of(payload, path)
+    check_weights(payload.get("model"), config, path)
     return payload
 
 
-def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[FolkRNN, dict]:
-    """The model (in eval mode, on ``device``) and the whole payload of a checkpoint."""
-    payload = read_payload(path, device)
-    model = FolkRNN(ModelConfig.from_dict(payload["model_config"]))
+def model_config_of(payload: dict, path: str) -> ModelConfig:
+    """The checked ModelConfig a checkpoint records; CheckpointError naming ``path`` when it is not one."""
+    try:
+        return ModelConfig.from_dict(payload.get("model_config"))
+    except ModelConfigError as err:
+        raise CheckpointError(f"{path} is not a valid folkrnn checkpoint: {err}; {HOW_TO_GET_ONE}") from None
+
+
+def load_checkpoint(path: str, device: str | torch.device = "cpu", name: str | None = None
+                    ) -> tuple[FolkRNN, dict]:
+    """The model (in eval mode, on ``device``) and the whole payload of a checkpoint (``name``: as
+    in read_payload)."""
+    payload = read_payload(path, device, name)
+    path = name or path
+    model = FolkRNN(model_config_of(payload, path))
     try:
         model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the model config it records ({err})") from None
+    except RuntimeError as err:  # read_payload checked names and shapes; this is a safety net
+        detail = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"{path}: weights do not fit the model config it records ({detail})") from None
     model.to(device).eval()
     return model, payload
 

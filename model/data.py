@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import UsageError
+from schemas.errors import UsageError
 from schemas.vocab import END_ID, START_ID, TOKEN_TO_ID, VOCAB_SIZE
 
 IGNORE = -100  # target id of padding; F.cross_entropy's default ignore_index

@@ -144,24 +144,42 @@ def pick_device(name: str = "auto") -> str:
 
 
 def local_checkpoint(path: str) -> str:
-    """A local file for a checkpoint that may live on any Beam filesystem (gs:// ...)."""
+    """A local file for a checkpoint that may live on any Beam filesystem (gs:// ...); a downloaded
+    copy is the caller's to remove."""
     if "://" not in path:
         return path
     from apache_beam.io.filesystems import FileSystems
 
     handle, local = tempfile.mkstemp(suffix=".pt")
-    with os.fdopen(handle, "wb") as out, FileSystems.open(path) as src:
-        out.write(src.read())
+    try:
+        with os.fdopen(handle, "wb") as out, FileSystems.open(path) as src:
+            out.write(src.read())
+    except BaseException:
+        os.unlink(local)
+        raise
     return local
 
 
-def load_sampler(checkpoint: str, dtype: str = "fp32", device: str = "auto"):
+def load_model(checkpoint: str):
+    """The checked model of a local or remote checkpoint, on the CPU (config, shapes and finite
+    weights checked before anything is built: see model/checkpoint.py)."""
     from model.checkpoint import load_checkpoint
+
+    local = local_checkpoint(checkpoint)
+    try:
+        model, _ = load_checkpoint(local, "cpu", name=checkpoint)
+    finally:
+        if local != checkpoint:
+            os.unlink(local)
+    return model
+
+
+def load_sampler(checkpoint: str, dtype: str = "fp32", device: str = "auto", model=None):
+    """A sampler for ``checkpoint`` (or for ``model``, already loaded from it)."""
     from model.sample import Sampler
 
-    device = pick_device(device)
-    model, _ = load_checkpoint(local_checkpoint(checkpoint), "cpu")
-    return Sampler(model, device=device, dtype=dtype_of(dtype))
+    return Sampler(model if model is not None else load_model(checkpoint), device=pick_device(device),
+                   dtype=dtype_of(dtype))
 
 
 def generate_shards(sampler, settings: RunSettings, out: str, shards: list[tuple[int, int, int]],

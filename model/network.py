@@ -43,9 +43,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from schemas.errors import UsageError
 from schemas.vocab import VOCAB_SIZE
 
 State = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (h, c), each (B, H)
+
+
+MAX_LAYERS = 8
+MAX_UNITS = 4096
+# v2 has 5.6 M parameters; 250 M is 1 GB of fp32 weights (training holds about four times that).
+MAX_PARAMETERS = 250_000_000
+
+
+class ModelConfigError(UsageError):
+    """A model config outside the schema (unknown or missing keys, wrong types) or the size limits."""
+
+
+def _show(value: object) -> str:
+    """A short, bounded rendering of an untrusted value (repr of a crafted nested list can take forever)."""
+    if isinstance(value, str):
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)[:40]
+    return f"a {type(value).__name__}"
+
+
+def _whole(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 @dataclass
@@ -64,9 +88,59 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+    def from_dict(cls, d: object) -> ModelConfig:
+        """The config a checkpoint records, checked before anything is built: exactly the known keys,
+        each of its type and within the limits. Raises ModelConfigError (one line)."""
+        if not isinstance(d, dict):
+            raise ModelConfigError(f"model_config is {_show(d)}, not a dict")
+        fields = list(cls.__dataclass_fields__)
+        unknown = [_show(k) for k in d if k not in fields]
+        if unknown:
+            raise ModelConfigError(f"model_config has unknown keys {', '.join(unknown[:5])} (known: "
+                                   f"{', '.join(fields)})")
+        missing = [k for k in fields if k not in d]
+        if missing:
+            raise ModelConfigError(f"model_config lacks {', '.join(missing)}")
+        return cls(**d).check()
+
+    def check(self) -> ModelConfig:
+        """Refuse types and sizes the network cannot or should not be built with; returns self."""
+        problems = []
+        if not _whole(self.vocab_size, VOCAB_SIZE, VOCAB_SIZE):
+            problems.append(f"vocab_size must be {VOCAB_SIZE} (the folk-rnn v2 vocabulary), got "
+                            f"{_show(self.vocab_size)}")
+        if not _whole(self.n_layers, 1, MAX_LAYERS):
+            problems.append(f"n_layers must be a whole number in 1..{MAX_LAYERS}, got {_show(self.n_layers)}")
+        if not _whole(self.n_units, 1, MAX_UNITS):
+            problems.append(f"n_units must be a whole number in 1..{MAX_UNITS}, got {_show(self.n_units)}")
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            problems.append(f"dropout must be a number in [0, 1), got {_show(dropout)}")
+        if not isinstance(self.learn_init, bool):
+            problems.append(f"learn_init must be true or false, got {_show(self.learn_init)}")
+        if problems:
+            raise ModelConfigError("model_config: " + "; ".join(problems))
+        count = parameter_count(self)
+        if count > MAX_PARAMETERS:
+            raise ModelConfigError(f"model_config {self.n_layers}x{self.n_units} has {count:,} parameters; at "
+                                   f"most {MAX_PARAMETERS:,} are allowed")
+        return self
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The state dict's names and shapes for ``config``, computed without allocating anything."""
+    h, shapes = config.n_units, {}
+    for k in range(config.n_layers):
+        n_in = config.vocab_size if k == 0 else h
+        shapes.update({f"layers.{k}.weight_ih": (4 * h, n_in), f"layers.{k}.weight_hh": (4 * h, h),
+                       f"layers.{k}.bias": (4 * h,), f"layers.{k}.h0": (h,), f"layers.{k}.c0": (h,)})
+    shapes.update({"out.weight": (config.vocab_size, h), "out.bias": (config.vocab_size,)})
+    return shapes
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """All numbers in the state dict (initial states included)."""
+    return sum(math.prod(shape) for shape in expected_shapes(config).values())
 
 
 def _recurrence_forward(gx: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
@@ -204,7 +278,7 @@ class FolkRNN(nn.Module):
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
-        self.config = config = config or ModelConfig()
+        self.config = config = (config or ModelConfig()).check()  # before a single tensor is allocated
         sizes = [config.vocab_size] + [config.n_units] * config.n_layers
         self.layers = nn.ModuleList(
             LSTMLayer(sizes[k], config.n_units, config.learn_init) for k in range(config.n_layers)

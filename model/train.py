@@ -21,7 +21,9 @@ effect, we apply it). Reported losses are always nats per token; valid runs with
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import math
 import os
 import signal
@@ -33,10 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import CheckpointError, checkpoint_id, read_payload, save_checkpoint
+from model.checkpoint import CheckpointError, checkpoint_id, make_folder, read_payload, save_checkpoint
 from model.data import IGNORE, TuneSet, epoch_batches, make_batch, sorted_batches
 from model.network import FolkRNN, ModelConfig
-from pipeline.errors import UsageError
+from schemas.errors import UsageError
+from schemas.files import atomic_write
 
 METRICS_FIELDS = ["step", "epoch", "split", "loss", "lr", "tokens", "tokens_per_s", "elapsed_s", "grad_norm"]
 
@@ -62,7 +65,18 @@ class TrainConfig:
     precision: str = "fp32"  # fp32, tf32 (CUDA matmuls), bf16 (autocast)
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
+    def from_dict(cls, d: object) -> TrainConfig:
+        """The training config a checkpoint records; each known value must have its field's type."""
+        if not isinstance(d, dict):
+            raise ValueError("train_config is not a dict")
+        defaults = cls()
+        for name in cls.__dataclass_fields__:
+            if name not in d:
+                continue
+            value, kind = d[name], type(getattr(defaults, name))
+            fits = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+            if not fits or (kind is not bool and isinstance(value, bool)):
+                raise ValueError(f"train_config has {name} of type {type(value).__name__}, not {kind.__name__}")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -190,23 +204,31 @@ class MetricsLog:
                 # A validation row at the resume step is kept only if the checkpoint came after it.
                 self.rows = [r for r in csv.DictReader(handle) if int(r["step"]) < resume_step or (
                     int(r["step"]) == resume_step and (r["split"] == "train" or validated_at_resume))]
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, METRICS_FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, path)
-        self._handle = open(path, "a", newline="")
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, METRICS_FIELDS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(path, text.getvalue())
+        self._handle = self._named(lambda: open(path, "a", newline=""))
         self._writer = csv.DictWriter(self._handle, METRICS_FIELDS)
+
+    def _named(self, action):
+        """Run ``action``; a failed write (no space, file too large) carries no file name: add ours."""
+        try:
+            return action()
+        except OSError as err:
+            if err.filename is not None or err.errno is None:
+                raise
+            raise OSError(err.errno, err.strerror or str(err), self.path) from err
 
     def write(self, row: dict) -> None:
         row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
         self.rows.append(row)
         self._writer.writerow(row)
-        self._handle.flush()
+        self._named(self._handle.flush)
 
     def close(self) -> None:
-        self._handle.close()
+        self._named(self._handle.close)
 
 
 def plot_losses(rows: list[dict], path: str) -> None:
@@ -236,10 +258,21 @@ def plot_losses(rows: list[dict], path: str) -> None:
     if train or valid:
         ax.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write(path, image.getvalue())
+
+
+@contextlib.contextmanager
+def restoring(path: str):
+    """A training state that cannot be restored (damaged, crafted, from another version) is one line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        detail = " ".join(str(err).split())[:160]
+        raise CheckpointError(f"{path}: its training state cannot be restored ({type(err).__name__}: {detail}); "
+                              f"start a new run from its weights with --init {path}") from None
 
 
 def checkpoint_paths(out_dir: str) -> tuple[str, str]:
@@ -263,13 +296,14 @@ def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, 
         if payload.get("train_state") is None or payload.get("optimizer") is None:
             raise CheckpointError(f"{resume} holds weights but no training state (an imported model?); "
                                   "it can be sampled but not resumed")
-        saved = TrainConfig.from_dict(payload["train_state"]["train_config"])
+        with restoring(resume):
+            saved = TrainConfig.from_dict(payload["train_state"]["train_config"])
+            fingerprint = payload["train_state"]["data"]["fingerprint"]
         if cfg is not None:
             for key in ("max_epochs", "max_steps", "checkpoint_every", "device", "precision"):
                 setattr(saved, key, getattr(cfg, key))
         cfg = saved
-        model_config = ModelConfig.from_dict(payload["model_config"])
-        fingerprint = payload["train_state"]["data"]["fingerprint"]
+        model_config = ModelConfig.from_dict(payload["model_config"])  # checked by read_payload
         if fingerprint != data.fingerprint():
             raise UsageError(f"the training data differ from those of {resume} (fingerprint {data.fingerprint()} "
                              f"!= {fingerprint}): resume with the same data (and --valid-fraction) it was trained on")
@@ -301,14 +335,15 @@ def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, 
         init_info = {"path": init, "checkpoint_id": checkpoint_id(init)}
     if payload is not None:
         model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        init_info = payload["train_state"].get("init")
-        ts = payload["train_state"]
-        epoch, batch_index, step = int(ts["epoch"]), int(ts["batch_index"]), int(ts["step"])
-        elapsed, best_valid = float(ts["elapsed_s"]), float(ts["best_valid_loss"])
-        set_rng_state(ts["rng"], device)
+        with restoring(resume):
+            optimizer.load_state_dict(payload["optimizer"])
+            ts = payload["train_state"]
+            init_info = ts.get("init")
+            epoch, batch_index, step = int(ts["epoch"]), int(ts["batch_index"]), int(ts["step"])
+            elapsed, best_valid = float(ts["elapsed_s"]), float(ts["best_valid_loss"])
+            set_rng_state(ts["rng"], device)
 
-    os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
+    make_folder(os.path.join(out_dir, "checkpoints"), "the training run")
     last_path, best_path = checkpoint_paths(out_dir)
     metrics = MetricsLog(os.path.join(out_dir, "metrics.csv"), step if payload is not None else None,
                          validated_at_resume=batch_index == 0)
@@ -374,6 +409,9 @@ def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, 
                             torch.stack([torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None])))
                     optimizer.step()
                     loss = float(total.detach()) / n_tokens
+                    if not math.isfinite(loss):  # raised before anything is saved: checkpoints stay finite
+                        raise UsageError(f"training diverged at step {step + 1} (loss {loss}); nothing after step "
+                                         f"{step} is saved: lower --lr, or check the data")
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     seconds = time.perf_counter() - started

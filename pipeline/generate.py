@@ -8,8 +8,8 @@ import os
 import sys
 from fractions import Fraction
 
-from pipeline.errors import UsageError
 from pipeline.options import has_flag
+from schemas.errors import UsageError
 from schemas.vocab import METERS, MODES, TOKEN_TO_ID
 
 BAR_TOKENS = frozenset({"|", "|:", ":|", "|1", "|2"})
@@ -217,22 +217,24 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     from model.checkpoint import checkpoint_id
-    from model.generate import RunSettings
+    from model.generate import RunSettings, load_model
 
+    # The whole checkpoint is checked (config, weight shapes, NaN) before a folder or a worker is made.
+    model = load_model(args.checkpoint)
     checkpoint_hash = checkpoint_id(args.checkpoint) if "://" not in args.checkpoint else args.checkpoint
     settings = RunSettings(checkpoint_id=checkpoint_hash, num_tunes=args.num_tunes, seed=args.seed,
                            temperature=args.temperature, prime=tuple(prime), max_tokens=args.max_tokens,
                            top_k=args.top_k, top_p=args.top_p, dtype=args.dtype, shard_size=args.shard_size)
     if numbers is not None:
-        return print_numbers(args, settings, numbers)
-    return generate_run(args, settings)
+        return print_numbers(args, settings, numbers, model)
+    return generate_run(args, settings, model)
 
 
-def print_numbers(args: argparse.Namespace, settings, numbers: list[int]) -> int:
+def print_numbers(args: argparse.Namespace, settings, numbers: list[int], model) -> int:
     from model.generate import load_sampler, tune_row
     from model.sample import sample_in_order
 
-    sampler = load_sampler(args.checkpoint, args.dtype, args.device)
+    sampler = load_sampler(args.checkpoint, args.dtype, args.device, model)
     tunes = sample_in_order(sampler, numbers, batch_size=min(args.batch_size, len(numbers)),
                             **settings.sample_kwargs())
     for tune in tunes:
@@ -241,7 +243,7 @@ def print_numbers(args: argparse.Namespace, settings, numbers: list[int]) -> int
     return 0
 
 
-def generate_run(args: argparse.Namespace, settings) -> int:
+def generate_run(args: argparse.Namespace, settings, model) -> int:
     from apache_beam.io.filesystems import FileSystems
 
     from model.generate import SHARDS_DIR, Manifest, shard_done, shard_path
@@ -275,18 +277,18 @@ def generate_run(args: argparse.Namespace, settings) -> int:
     if has_flag(args.beam_args, "--runner"):
         run_on_beam(args, settings, todo)
     else:
-        run_locally(args, settings, todo, done_tunes)
+        run_locally(args, settings, todo, done_tunes, model)
     print(f"generate: {settings.num_tunes} tunes in {shards_dir} ({len(settings.shards())} shards), "
           f"manifest {manifest_path}")
     return 0
 
 
-def run_locally(args: argparse.Namespace, settings, todo: list, done_tunes: int) -> None:
+def run_locally(args: argparse.Namespace, settings, todo: list, done_tunes: int, model) -> None:
     from tqdm import tqdm
 
     from model.generate import generate_shards, load_sampler
 
-    sampler = load_sampler(args.checkpoint, args.dtype, args.device)
+    sampler = load_sampler(args.checkpoint, args.dtype, args.device, model)
     with tqdm(total=settings.num_tunes, initial=done_tunes, unit=" tunes", desc="generate",
               disable=args.quiet, smoothing=0.05) as progress:
         for _ in generate_shards(sampler, settings, args.out, todo, args.batch_size, progress):

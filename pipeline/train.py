@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipeline.errors import UsageError
+from schemas.errors import UsageError
 
 HELP = "Train the folk-rnn v2 LSTM on tokenized tunes (resumable; checkpoints, metrics.csv, loss.png)"
 
@@ -67,9 +67,14 @@ def _given(args: argparse.Namespace, name: str) -> bool:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
+    from model.network import MAX_LAYERS, MAX_UNITS
+
     for name in ("layers", "units", "batch_size", "max_epochs", "threads"):
         if _given(args, name) and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name, most in (("layers", MAX_LAYERS), ("units", MAX_UNITS)):
+        if _given(args, name) and getattr(args, name) > most:
+            raise UsageError(f"--{name} must be at most {most}, got {getattr(args, name)}")
     for name in ("max_steps", "checkpoint_every"):
         if _given(args, name) and getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative")
@@ -83,10 +88,12 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    from model.checkpoint import read_payload
+    from model.checkpoint import check_folder, model_config_of, read_payload
     from model.data import load_tunes
     from model.network import ModelConfig
-    from model.train import TrainConfig, checkpoint_paths, train
+    from model.train import TrainConfig, checkpoint_paths, restoring, train
+
+    check_folder(args.out, "the training run")
 
     last_path, _ = checkpoint_paths(args.out)
     resume = None
@@ -104,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--init starts a new run and --resume continues one: give one of them")
     cfg, model_config = TrainConfig(), ModelConfig()
     if init is not None:
-        model_config = ModelConfig.from_dict(read_payload(init)["model_config"])
+        model_config = model_config_of(read_payload(init), init)  # config, shapes and NaN checked
         for option in ("layers", "units"):
             field = MODEL_OPTIONS[option]
             if _given(args, option) and getattr(args, option) != getattr(model_config, field):
@@ -115,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
         if payload.get("train_state") is None:
             raise UsageError(f"{resume} holds weights but no training state (an imported model?); it can be "
                              "sampled from but not resumed")
-        cfg = TrainConfig.from_dict(payload["train_state"]["train_config"])
-        model_config = ModelConfig.from_dict(payload["model_config"])
+        with restoring(resume):
+            cfg = TrainConfig.from_dict(payload["train_state"]["train_config"])
+        model_config = model_config_of(payload, resume)
         # Repeating the original command with --resume is fine; changing what the checkpoint fixes is not.
         changed = [f"--{option} {getattr(args, option)} (checkpoint: {getattr(model_config, field)})"
                    for option, field in MODEL_OPTIONS.items()
@@ -133,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     for option, field in MODEL_OPTIONS.items():
         if _given(args, option):
             setattr(model_config, field, getattr(args, option))
+    model_config.check()  # e.g. --layers 8 --units 4096 is over the parameter limit: say so before loading data
 
     if getattr(args, "threads", None):
         import torch

@@ -190,7 +190,8 @@ def test_checkpoint_of_another_vocabulary_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(str(tmp_path / "missing.pt"))
     torch.save({"format": "folkrnn-checkpoint", "code": argparse.Namespace(x=1)}, path)  # a pickled class
-    with pytest.raises(CheckpointError, match="not a readable"):
+    with pytest.raises(CheckpointError, match=r"is not a folkrnn checkpoint: it holds a pickled Python object "
+                                              r"\(argparse\.Namespace\)"):
         load_checkpoint(path)
 
 

@@ -19,7 +19,7 @@ from model.analysis.common import (
     pct,
     pyplot,
 )
-from pipeline.errors import UsageError
+from schemas.errors import UsageError
 from schemas.vocab import TOKEN_CLASSES, TOKEN_TO_ID
 
 METRICS = ("valid_rate", "bar_valid_rate", "standard_form_rate", "mean_length", "target_share")
