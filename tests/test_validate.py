@@ -22,7 +22,6 @@ from transforms.validate import (
     ValidateTunes,
     bar_lengths,
     format_summary,
-    pitch_height,
     summarize,
     validate_tokens,
 )
@@ -588,11 +587,6 @@ def test_tallies_of_parts_merge_into_the_summary_of_all() -> None:
     for f in findings[2:]:
         second.add(f.as_row())
     assert first.merge(second).summary() == summarize(findings)
-
-
-def test_pitch_height() -> None:
-    assert [pitch_height(t) for t in ("C", "c", "^F,", "_B", "c'", "=C,")] == [0, 12, -6, 10, 24, -12]
-    assert pitch_height("|") is None
 
 
 def test_summarize_nothing() -> None:
