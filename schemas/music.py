@@ -4,8 +4,9 @@
 part that reads or writes them (the ABC lexer and tokenizer, the validator, the model analysis and
 the constrained sampler). It is pure data and small functions over the standard library.
 
-Per-token facts are dicts keyed by token (``TOKEN_KIND``, ``DURATION_TICKS``, ``PITCH_HEIGHT`` ...),
-so a table indexed by token id, for a tensor or a mask, is one call: ``by_id(PITCH_HEIGHT, 0)``.
+Per-token facts are dicts keyed by token, in token id order (``TOKEN_KIND``, ``DURATION_TICKS``,
+``PITCH_HEIGHT`` ...), so a table indexed by token id, for a tensor or a mask, is one call:
+``by_id(PITCH_HEIGHT, 0)``.
 
 Time is counted in units of L:1/8 (an eighth note). Exact lengths are integers of ticks,
 ``TICKS_PER_UNIT`` to the unit: a number every length of the vocabulary divides (durations /8
@@ -29,9 +30,9 @@ from schemas.vocab import (
     MODES,
     PITCH_TOKENS,
     START,
-    TOKEN_CLASSES,
     TOKENS,
     TUPLET_TOKENS,
+    token_class,
 )
 
 T = TypeVar("T")
@@ -50,9 +51,8 @@ KINDS: tuple[str, ...] = (
     "duration", "broken", "tuplet",
 )
 _SPLIT_KINDS = {START: "start", END: "end", CHORD_OPEN: "chord_open", CHORD_CLOSE: "chord_close"}
-TOKEN_KIND: dict[str, str] = {
-    token: _SPLIT_KINDS.get(token, name) for name, members in TOKEN_CLASSES.items() for token in members
-}
+TOKEN_KIND: dict[str, str] = {token: _SPLIT_KINDS.get(token) or token_class(token) for token in TOKENS}
+assert set(TOKEN_KIND.values()) == set(KINDS), "token kinds out of step with schemas.vocab's classes"
 # Tokens that start a note, rest or chord: the elements that take time.
 ELEMENT_STARTS = frozenset(t for t, kind in TOKEN_KIND.items() if kind in ("pitch", "rest", "chord_open"))
 
@@ -103,7 +103,7 @@ def fused_broken_token(duration: str, direction: str) -> str | None:
 # --- Meters: tuplets and bars ----------------------------------------------------------------------
 # Meters whose beat is a dotted quarter: (5, (7 and (9 take the time of 3 there, of 2 elsewhere.
 COMPOUND_METERS = frozenset({"6/8", "9/8", "12/8"})
-TUPLET_NOTES: dict[str, int] = {t: int(t[1:]) for t in TUPLET_TOKENS}  # ``(3`` -> 3
+TUPLET_NOTES: dict[str, int] = {t: int(t[1:]) for t in TOKENS if t in TUPLET_TOKENS}  # ``(3`` -> 3
 
 
 def tuplet_q(p: int, compound: bool) -> int:
@@ -168,7 +168,7 @@ def pitch_text(alteration: int | None, letter: str, octave: int) -> str:
     return accidental + letter.lower() + "'" * (octave - 1)
 
 
-_PARSED = {t: parse_pitch(t) for t in PITCH_TOKENS}
+_PARSED = {t: parse_pitch(t) for t in TOKENS if t in PITCH_TOKENS}
 PITCH_LETTER: dict[str, str] = {t: letter for t, (_, letter, _) in _PARSED.items()}
 PITCH_ALTERATION: dict[str, int | None] = {t: alteration for t, (alteration, _, _) in _PARSED.items()}
 PITCH_HEIGHT: dict[str, int] = {
