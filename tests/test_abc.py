@@ -296,7 +296,7 @@ def test_transposition_preserves_every_interval_on_real_tunes():
 
 def tokenize_tune_untransposed(text: str) -> list[str]:
     """The tune's notes spelled in its own key (shift 0), using the lexer's elements."""
-    from transforms.abc.header import LETTERS
+    from schemas.music import LETTERS, pitch_text
     from transforms.abc.lexer import Chord, Note, lex_body
     from transforms.abc.tokenize import Bar, split_header
 
@@ -310,10 +310,7 @@ def tokenize_tune_untransposed(text: str) -> list[str]:
     for element in body.elements:
         notes = element.notes if isinstance(element, Chord) else [element] if isinstance(element, Note) else []
         for note in notes:
-            acc = "" if note.accidental is None else {2: "^^", 1: "^", 0: "=", -1: "_", -2: "__"}[note.accidental]
-            name = LETTERS[note.letter] if note.octave <= 4 else LETTERS[note.letter].lower()
-            marks = "," * (4 - note.octave) if note.octave <= 4 else "'" * (note.octave - 5)
-            out.append(acc + name + marks)
+            out.append(pitch_text(note.accidental, LETTERS[note.letter], note.octave - 4))
         if isinstance(element, Bar):
             out.append(element.token)
     return out

@@ -22,24 +22,8 @@ from model.analysis.common import (
     pitch_sort_key,
     pyplot,
 )
+from schemas.music import PITCH_ALTERATION, PITCH_LETTER, sounding_pitch
 from schemas.vocab import PITCH_TOKENS, TOKEN_TO_ID, TOKENS
-
-_SEMITONE = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-
-
-def sounding_pitch(token: str, signature: dict[str, int] | None = None) -> int | None:
-    """Semitones above ``C`` of a pitch token; None for a token without accidental unless a key
-    signature (letter -> alteration) says how to read it."""
-    accidental = token[0] if token[0] in "^_=" else ""
-    letter = token[len(accidental)]
-    octave = (1 if letter.islower() else 0) + token.count("'") - token.count(",")
-    if accidental:
-        alteration = {"^": 1, "_": -1, "=": 0}[accidental]
-    elif signature is not None:
-        alteration = signature.get(letter.upper(), 0)
-    else:
-        return None
-    return 12 * octave + _SEMITONE[letter.upper()] + alteration
 
 
 def enharmonic_pairs(unmarked_in_c_major: bool = False) -> list[tuple[str, str]]:
@@ -63,17 +47,10 @@ def enharmonic_pairs(unmarked_in_c_major: bool = False) -> list[tuple[str, str]]
         for a in range(len(group)):
             for b in range(a + 1, len(group)):
                 x, y = group[a], group[b]
-                if _letter(x) != _letter(y) and not (unmarked_in_c_major and _marked(x) and _marked(y)):
+                marked = PITCH_ALTERATION[x] is not None and PITCH_ALTERATION[y] is not None
+                if PITCH_LETTER[x] != PITCH_LETTER[y] and not (unmarked_in_c_major and marked):
                     pairs.append((x, y))
     return sorted(pairs, key=lambda p: (pitch_sort_key(p[0]), p))
-
-
-def _marked(token: str) -> bool:
-    return token[0] in "^_="
-
-
-def _letter(token: str) -> str:
-    return token[1].upper() if _marked(token) else token[0].upper()
 
 
 def input_vectors(model) -> np.ndarray:

@@ -6,20 +6,10 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from schemas.music import BAR_EIGHTHS, EIGHTH, LETTER_SEMITONES, LETTERS, MODE_SCALES
 from schemas.vocab import METERS
 from transforms.abc.errors import TuneRejected
 
-# Semitones above C of the natural letters C D E F G A B.
-LETTER_SEMITONES = (0, 2, 4, 5, 7, 9, 11)
-LETTERS = "CDEFGAB"
-
-# Scale of each mode in semitones above its tonic.
-MODE_SCALES: dict[str, tuple[int, ...]] = {
-    "maj": (0, 2, 4, 5, 7, 9, 11),
-    "min": (0, 2, 3, 5, 7, 8, 10),
-    "dor": (0, 2, 3, 5, 7, 9, 10),
-    "mix": (0, 2, 4, 5, 7, 9, 10),
-}
 # ABC 2.1 mode names: only the first three letters count, case-insensitively.
 MODE_NAMES = {
     "": "maj", "m": "min", "maj": "maj", "ion": "maj", "min": "min", "aeo": "min",
@@ -100,8 +90,8 @@ class Meter:
 
     @property
     def value(self) -> Fraction:
-        num, den = self.token_meter.split("/")
-        return Fraction(int(num), int(den))
+        """A full bar in whole notes (6/8 -> 3/4)."""
+        return BAR_EIGHTHS[self.token_meter] * EIGHTH
 
 
 def parse_meter(value: str) -> Meter:

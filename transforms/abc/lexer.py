@@ -13,9 +13,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from schemas.music import ACCIDENTALS, BAR_EIGHTHS, COMPOUND_METERS, EIGHTH, LETTERS, tuplet_q, tuplet_ratio
 from schemas.vocab import TUPLET_TOKENS
 from transforms.abc.errors import TuneRejected
-from transforms.abc.header import LETTERS, parse_key, parse_meter, parse_unit_length
+from transforms.abc.header import parse_key, parse_meter, parse_unit_length
 
 
 @dataclass
@@ -247,7 +248,7 @@ class _Lexer:
         r = match.group(3)
         if f"({p}" not in TUPLET_TOKENS:
             raise self.reject("tuplet_not_in_vocab", f"tuplet ({p} is not in the vocabulary")
-        if q and int(q) != default_tuplet_q(p, self.meter_token):
+        if q and int(q) != tuplet_q(p, self.meter_token in COMPOUND_METERS):
             raise self.reject("tuplet_not_in_vocab", f"tuplet {match.group(0)} has a ratio the vocabulary cannot say")
         if r and int(r) != p:
             raise self.reject("tuplet_not_in_vocab", f"tuplet {match.group(0)} spans a different number of notes")
@@ -269,7 +270,7 @@ class _Lexer:
                 break
             bar_so_far.append(element)
         bar_so_far.reverse()
-        if bar_so_far and bar_duration(bar_so_far, self.meter_token) == Fraction(self.meter_token):
+        if bar_so_far and bar_duration(bar_so_far, self.meter_token) == BAR_EIGHTHS[self.meter_token] * EIGHTH:
             self.line_closed_bar = True
 
     def bar(self) -> None:
@@ -378,18 +379,8 @@ class _Lexer:
         self.pos = match.end()
         length, self.pos = parse_length(self.text, self.pos)
         octave = (4 if letter_text.isupper() else 5) + marks.count("'") - marks.count(",")
-        accidental = None if accidental_text is None else {"^^": 2, "^": 1, "=": 0, "_": -1, "__": -2}[accidental_text]
+        accidental = None if accidental_text is None else ACCIDENTALS[accidental_text]
         return Note(LETTERS.index(letter_text.upper()), octave, accidental, length * self.unit)
-
-
-def default_tuplet_q(p: int, meter_token: str) -> int:
-    """ABC 2.1: (p puts p notes into the time of q."""
-    if p in (2, 4, 8):
-        return 3
-    if p in (3, 6):
-        return 2
-    compound = meter_token in ("6/8", "9/8", "12/8")
-    return 3 if compound else 2
 
 
 def bar_duration(elements: list[Element], meter_token: str) -> Fraction:
@@ -399,9 +390,10 @@ def bar_duration(elements: list[Element], meter_token: str) -> Fraction:
     """
     total = Fraction(0)
     ratio, left = Fraction(1), 0
+    compound = meter_token in COMPOUND_METERS
     for element in elements:
         if isinstance(element, Tuplet):
-            ratio, left = Fraction(default_tuplet_q(element.p, meter_token), element.p), element.p
+            ratio, left = tuplet_ratio(element.p, compound), element.p
         elif isinstance(element, (Note, Rest, Chord)):
             total += element.length * (ratio if left else 1)
             left = max(0, left - 1)

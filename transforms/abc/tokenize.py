@@ -18,6 +18,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from schemas.music import (
+    BROKEN_RHYTHMS,
+    COMPOUND_METERS,
+    EIGHTH,
+    LETTER_SEMITONES,
+    LETTERS,
+    TUPLET_NOTES,
+    fused_broken_token,
+    pitch_text,
+    tuplet_ratio,
+)
 from schemas.vocab import (
     BAR_TOKENS,
     BROKEN_TOKENS,
@@ -28,8 +39,6 @@ from schemas.vocab import (
 )
 from transforms.abc.errors import TuneRejected
 from transforms.abc.header import (
-    LETTER_SEMITONES,
-    LETTERS,
     Key,
     default_unit_length,
     parse_key,
@@ -37,8 +46,6 @@ from transforms.abc.header import (
     parse_unit_length,
 )
 from transforms.abc.lexer import Bar, Body, Broken, Chord, Note, Rest, Tuplet, lex_body
-
-EIGHTH = Fraction(1, 8)
 
 
 @dataclass
@@ -143,17 +150,13 @@ class _PitchOutOfVocab(Exception):
 def pitch_token(note: Note, semitones: int, steps: int) -> str:
     index = note.letter + steps
     letter, octave = index % 7, note.octave + index // 7
-    if note.accidental is None:
-        accidental = ""
-    else:
+    alteration = None
+    if note.accidental is not None:
         old = 12 * note.octave + LETTER_SEMITONES[note.letter] + note.accidental
         alteration = old + semitones - (12 * octave + LETTER_SEMITONES[letter])
         if not -1 <= alteration <= 1:
             raise _PitchOutOfVocab(f"{LETTERS[note.letter]} would need a double accidental")
-        accidental = {-1: "_", 0: "=", 1: "^"}[alteration]
-    name = LETTERS[letter] if octave <= 4 else LETTERS[letter].lower()
-    marks = "," * (4 - octave) if octave <= 4 else "'" * (octave - 5)
-    token = accidental + name + marks
+    token = pitch_text(alteration, LETTERS[letter], octave - 4)  # scientific octave 4 is the ABC C
     if token not in PITCH_TOKENS:
         raise _PitchOutOfVocab(f"{token} is outside the vocabulary's range")
     return token
@@ -207,9 +210,8 @@ def _broken_token(tokens: list[str], broken: Broken) -> str:
     if broken.count == 2:
         return "2" + broken.direction
     # the vocabulary fuses a /2 or 4 length with the broken rhythm that follows it
-    previous = tokens[-1] if tokens else ""
-    fused = previous + broken.direction
-    if previous in ("/2", "4") and fused in BROKEN_TOKENS:
+    fused = fused_broken_token(tokens[-1], broken.direction) if tokens else None
+    if fused is not None:
         tokens.pop()
         return fused
     return broken.direction
@@ -242,7 +244,8 @@ def detokenize(tokens: list[str], *, number: int | str = 1, title: str = "", typ
 
 def abc_body(tokens: list[str], meter: str, typeset: bool = False) -> str:
     """Body tokens as ABC: notes of one beat beamed together, bars spaced, a few bars a line."""
-    beat = Fraction(3) if meter in ("6/8", "9/8", "12/8") else Fraction(2)
+    compound = meter in COMPOUND_METERS
+    beat = Fraction(3) if compound else Fraction(2)  # in eighths: a dotted quarter or a quarter
     out: list[str] = []
     position = Fraction(0)  # in eighths since the last bar line
     tuplet_left, tuplet_scale = 0, Fraction(1)
@@ -265,9 +268,8 @@ def abc_body(tokens: list[str], meter: str, typeset: bool = False) -> str:
             i += 1
             continue
         if token in TUPLET_TOKENS:
-            p = int(token[1:])
-            q = 3 if p in (2, 4, 8) else 2 if p in (3, 6) else (3 if beat == 3 else 2)
-            tuplet_left, tuplet_scale = p, Fraction(q, p)
+            p = TUPLET_NOTES[token]
+            tuplet_left, tuplet_scale = p, tuplet_ratio(p, compound)
             out.append(token)
             i += 1
             continue
@@ -291,7 +293,7 @@ def abc_body(tokens: list[str], meter: str, typeset: bool = False) -> str:
         broken = i < len(tokens) and tokens[i] in BROKEN_TOKENS
         if broken:
             # a broken pair keeps its total, so the beat position after the pair is the written one
-            length = {"/2>": Fraction(1, 2), "/2<": Fraction(1, 2), "4>": Fraction(4)}.get(tokens[i], length)
+            length = BROKEN_RHYTHMS[tokens[i]].fused or length
             text += BROKEN_ABC[tokens[i]]
             i += 1
         out.append(text)
