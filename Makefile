@@ -17,7 +17,8 @@ $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(PIP_EXTRA) "torch==2.13.0"
-	$(BIN)/python -m pip install -q $(PIP_EXTRA) -e ".[test]"
+	@# setuptools prints a banner about editable installs on stderr: kept in a log, shown on failure
+	$(BIN)/python -m pip install -q $(PIP_EXTRA) -e ".[test]" 2> $(VENV)/install.log || (cat $(VENV)/install.log; exit 1)
 	@touch $@
 
 # The Debian tools that typeset and play tunes: installed when missing and we are root.

@@ -18,17 +18,17 @@ import time
 
 import torch
 
-from model.checkpoint import save_checkpoint
-from model.network import FolkRNN, ModelConfig
+from folkrnn.model.checkpoint import save_checkpoint
+from folkrnn.model.network import FolkRNN, ModelConfig
 
 TARGET_SECONDS = 600
 
 
 def run(num_tunes: int = 500, ingest: str = "out/ingest", threads: int = 0) -> dict:
-    from model.analysis.activations import FALLBACK_TUNE
-    from model.analysis.counting import read_tunes
-    from pipeline.analyze import add_arguments
-    from pipeline.analyze import run as analyze
+    from folkrnn.model.analysis.activations import FALLBACK_TUNE
+    from folkrnn.model.analysis.counting import read_tunes
+    from folkrnn.pipeline.analyze import add_arguments
+    from folkrnn.pipeline.analyze import run as analyze
 
     torch.manual_seed(0)
     model = FolkRNN(ModelConfig()).eval()

@@ -28,7 +28,13 @@ def _compile(data: str, out: str, *extra: str) -> float:
 
 
 def run() -> dict:
-    from pipeline.books import Entry, typeset_volume, with_findings, with_titles_and_abc, write_volume_abc
+    from folkrnn.pipeline.books import (
+        Entry,
+        typeset_volume,
+        with_findings,
+        with_titles_and_abc,
+        write_volume_abc,
+    )
     from tests.test_books import generated_table, write_dataset
 
     with tempfile.TemporaryDirectory() as tmp:

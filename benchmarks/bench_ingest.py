@@ -6,8 +6,8 @@ import tempfile
 import time
 from collections import defaultdict
 
-from transforms.ingest import process_record
-from transforms.sources import music21_abc_paths, tunes_of_document
+from folkrnn.transforms.ingest import process_record
+from folkrnn.transforms.sources import music21_abc_paths, tunes_of_document
 
 
 def plain_loop(paths: list[str]) -> dict:
@@ -37,7 +37,7 @@ def plain_loop(paths: list[str]) -> dict:
 def beam_run(extra: list[str]) -> dict:
     import argparse
 
-    from pipeline.run_ingest import run_ingest
+    from folkrnn.pipeline.run_ingest import run_ingest
 
     with tempfile.TemporaryDirectory() as out:
         args = argparse.Namespace(sources=[], format="abc", url_list=[], out=out, valid_fraction=0.05,

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from model.network import FolkRNN, ModelConfig
-from model.sample import Sampler
+from folkrnn.model.network import FolkRNN, ModelConfig
+from folkrnn.model.sample import Sampler
 
 REFERENCE_STEPS = 100
 

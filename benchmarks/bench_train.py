@@ -17,8 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from model.network import FolkRNN, ModelConfig, recurrence
-from model.train import TrainConfig, batch_loss, make_optimizer
+from folkrnn.model.network import FolkRNN, ModelConfig, recurrence
+from folkrnn.model.train import TrainConfig, batch_loss, make_optimizer
 
 BATCH, STEPS = 64, 200
 TUNES_PER_EPOCH, TOKENS_PER_TUNE = 13_000, 150  # the v2 corpus, roughly

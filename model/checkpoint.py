@@ -5,7 +5,7 @@ classes), so loading one can never run code. Its keys:
 
     format, version      "folkrnn-checkpoint", 1
     model_config         ModelConfig as a dict
-    vocabulary           the token list, model index order (must equal schemas.vocab.TOKENS)
+    vocabulary           the token list, model index order (must equal folkrnn.schemas.vocab.TOKENS)
     model                the state dict (CPU tensors)
     optimizer            optimizer.state_dict() or None
     scheduler            learning-rate schedule state (plain dict) or None
@@ -28,12 +28,12 @@ from typing import BinaryIO
 
 import torch
 
-from model.network import FolkRNN, ModelConfig, ModelConfigError, expected_shapes
-from model.safe_pickle import PickleRefused
-from model.safe_pickle import check_structure as check_structure_of_pickle
-from schemas.errors import UsageError
-from schemas.files import atomic_write
-from schemas.vocab import TOKENS
+from folkrnn.model.network import FolkRNN, ModelConfig, ModelConfigError, expected_shapes
+from folkrnn.model.safe_pickle import PickleRefused
+from folkrnn.model.safe_pickle import check_structure as check_structure_of_pickle
+from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.files import atomic_write
+from folkrnn.schemas.vocab import TOKENS
 
 FORMAT = "folkrnn-checkpoint"
 VERSION = 1

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.errors import UsageError
-from schemas.vocab import END_ID, START_ID, TOKEN_TO_ID, VOCAB_SIZE
+from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.vocab import END_ID, START_ID, TOKEN_TO_ID, VOCAB_SIZE
 
 IGNORE = -100  # target id of padding; F.cross_entropy's default ignore_index
 

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from schemas.tables import GENERATED
-from schemas.vocab import TOKEN_TO_ID
+from folkrnn.schemas.tables import GENERATED
+from folkrnn.schemas.vocab import TOKEN_TO_ID
 
 SHARDS_DIR = "generated"
 
@@ -86,9 +86,9 @@ def shard_path(out: str, index: int) -> str:
 
 def tune_row(tune, settings: RunSettings) -> dict:
     """A GENERATED row for one sampled tune."""
-    from transforms.abc.tokenize import detokenize
-    from transforms.titles import title_for
-    from transforms.validate import meter_and_mode
+    from folkrnn.transforms.abc.tokenize import detokenize
+    from folkrnn.transforms.titles import title_for
+    from folkrnn.transforms.validate import meter_and_mode
 
     tokens = tune.tokens
     meter, mode = meter_and_mode(tokens)
@@ -114,7 +114,7 @@ def write_shard(path: str, rows: list[dict]) -> None:
     """Rows sorted by number, written to a temporary name and renamed: never half a shard."""
     from apache_beam.io.filesystems import FileSystems
 
-    from transforms.ingest import write_parquet_atomic
+    from folkrnn.transforms.ingest import write_parquet_atomic
 
     directory = FileSystems.split(path)[0]
     if not FileSystems.exists(directory):
@@ -163,7 +163,7 @@ def local_checkpoint(path: str) -> str:
 def load_model(checkpoint: str):
     """The checked model of a local or remote checkpoint, on the CPU (config, shapes and finite
     weights checked before anything is built: see model/checkpoint.py)."""
-    from model.checkpoint import load_checkpoint
+    from folkrnn.model.checkpoint import load_checkpoint
 
     local = local_checkpoint(checkpoint)
     try:
@@ -176,7 +176,7 @@ def load_model(checkpoint: str):
 
 def load_sampler(checkpoint: str, dtype: str = "fp32", device: str = "auto", model=None):
     """A sampler for ``checkpoint`` (or for ``model``, already loaded from it)."""
-    from model.sample import Sampler
+    from folkrnn.model.sample import Sampler
 
     return Sampler(model if model is not None else load_model(checkpoint), device=pick_device(device),
                    dtype=dtype_of(dtype))

@@ -8,7 +8,7 @@ The file is the original train_rnn.py's metadata dict: ``param_values`` (Lasagne
                          cell_init, hid_init  (input matrices n_in x H; inits 1 x H or H)
     [-2], [-1]           the output layer's W (H x V) and b (V)
 
-The file's token order is its own ``token2idx``; ours is ``schemas.vocab.TOKENS``. Mapping
+The file's token order is its own ``token2idx``; ours is ``folkrnn.schemas.vocab.TOKENS``. Mapping
 one onto the other permutes the rows of layer 1's input matrices and the columns of the
 output layer. The embedding is folded into layer 1 (``emb @ W_x``), which for the identity
 changes nothing and keeps any other embedding exact.
@@ -35,11 +35,11 @@ import re
 import numpy as np
 import torch
 
-from model.checkpoint import check_folder, save_checkpoint
-from model.network import MAX_LAYERS, FolkRNN, ModelConfig, ModelConfigError
-from model.safe_pickle import SCALARS, BoundedUnpickler, PickleRefused, check_expansion, counted
-from schemas.errors import UsageError
-from schemas.vocab import TOKENS, VOCAB_SIZE
+from folkrnn.model.checkpoint import check_folder, save_checkpoint
+from folkrnn.model.network import MAX_LAYERS, FolkRNN, ModelConfig, ModelConfigError
+from folkrnn.model.safe_pickle import SCALARS, BoundedUnpickler, PickleRefused, check_expansion, counted
+from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.vocab import TOKENS, VOCAB_SIZE
 
 PARAMS_PER_LAYER = 14
 # folk-rnn v2's file is about 22 MB; ten times that is still a model MAX_PARAMETERS allows.

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from schemas.errors import UsageError
-from schemas.vocab import VOCAB_SIZE
+from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.vocab import VOCAB_SIZE
 
 State = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (h, c), each (B, H)
 

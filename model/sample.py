@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from schemas.vocab import END_ID, START_ID, TOKEN_TO_ID, TOKENS
+from folkrnn.schemas.vocab import END_ID, START_ID, TOKEN_TO_ID, TOKENS
 
 MIN_ROWS = 16
 WILDCARD = "*"

@@ -35,11 +35,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import CheckpointError, checkpoint_id, make_folder, read_payload, save_checkpoint
-from model.data import IGNORE, TuneSet, epoch_batches, make_batch, sorted_batches
-from model.network import FolkRNN, ModelConfig
-from schemas.errors import UsageError
-from schemas.files import atomic_write
+from folkrnn.model.checkpoint import (
+    CheckpointError,
+    checkpoint_id,
+    make_folder,
+    read_payload,
+    save_checkpoint,
+)
+from folkrnn.model.data import IGNORE, TuneSet, epoch_batches, make_batch, sorted_batches
+from folkrnn.model.network import FolkRNN, ModelConfig
+from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.files import atomic_write
 
 METRICS_FIELDS = ["step", "epoch", "split", "loss", "lr", "tokens", "tokens_per_s", "elapsed_s", "grad_norm"]
 

@@ -10,10 +10,10 @@ import argparse
 import os
 import sys
 
-from pipeline.errors import UsageError
+from folkrnn.pipeline.errors import UsageError
 
 HELP = "Analyse a checkpoint: parameters, token relationships, activations, counting, nudging, copying"
-PARTS = ("parameters", "tokens", "activations", "counting", "nudging", "copying")  # model.analysis.common.PARTS
+PARTS = ("parameters", "tokens", "activations", "counting", "nudging", "copying")  # folkrnn.model.analysis.common.PARTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +66,7 @@ def parse_numbers(text: str, flag: str, kind=float) -> tuple:
 
 def read_tune(text: str) -> list[str]:
     """--tune: a file of ABC (its first tune) or of tokens, or a token string."""
-    from schemas.vocab import TOKEN_TO_ID
+    from folkrnn.schemas.vocab import TOKEN_TO_ID
 
     if os.path.isfile(text):
         with open(text, encoding="utf-8", errors="replace") as handle:
@@ -74,9 +74,9 @@ def read_tune(text: str) -> list[str]:
     words = [w for w in text.split() if w not in ("<s>", "</s>")]
     if words and all(w in TOKEN_TO_ID for w in words):
         return words
-    from transforms.abc.errors import TuneRejected
-    from transforms.abc.split import split_abc
-    from transforms.abc.tokenize import tokenize_tune
+    from folkrnn.transforms.abc.errors import TuneRejected
+    from folkrnn.transforms.abc.split import split_abc
+    from folkrnn.transforms.abc.tokenize import tokenize_tune
 
     tunes = split_abc(text)
     if not tunes:
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     targets = tuple(t for t in args.nudge.split(",") if t)
     tune = read_tune(args.tune) if args.tune else None
     if args.dtype == "bf16":
-        from pipeline.generate import cpu_has_bf16
+        from folkrnn.pipeline.generate import cpu_has_bf16
 
         if not cpu_has_bf16():  # the analysis samples on the CPU
             raise UsageError("this CPU has no bf16 instructions (avx512_bf16/amx_bf16); use --dtype fp32")
@@ -116,10 +116,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from model.analysis.common import AnalysisSettings
-    from model.analysis.nudging import resolve_target
-    from model.analysis.report import run_analysis
-    from model.checkpoint import checkpoint_id, load_checkpoint
+    from folkrnn.model.analysis.common import AnalysisSettings
+    from folkrnn.model.analysis.nudging import resolve_target
+    from folkrnn.model.analysis.report import run_analysis
+    from folkrnn.model.checkpoint import checkpoint_id, load_checkpoint
 
     if "nudging" in parts:
         for target in targets:

@@ -40,10 +40,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas.files import atomic_write, temporary_name
-from schemas.tables import CORPUS, FINDINGS_FIELDS, GENERATED, VALIDATED
-from transforms.abc.tokenize import detokenize
-from transforms.titles import title_for
+from folkrnn.schemas.files import atomic_write, temporary_name
+from folkrnn.schemas.tables import CORPUS, FINDINGS_FIELDS, GENERATED, VALIDATED
+from folkrnn.transforms.abc.tokenize import detokenize
+from folkrnn.transforms.titles import title_for
 
 PER_VOLUME = 3000
 DEFAULT_BOOK_TITLE = "The folk-rnn Session Book"
@@ -421,11 +421,11 @@ def with_findings(table: pa.Table) -> pa.Table:
     """``table`` (GENERATED columns) with the validator's findings columns, as VALIDATED.
 
     Findings already present are kept; when any findings column is missing, all are computed
-    with ``transforms.validate.validate_tokens`` from the tokens and the truncated flag.
+    with ``folkrnn.transforms.validate.validate_tokens`` from the tokens and the truncated flag.
     """
     if all(name in table.schema.names for name in FINDINGS_NAMES):
         return table.select(VALIDATED.names).cast(VALIDATED)
-    from transforms.validate import validate_tokens  # heavy (imports Beam): only when needed
+    from folkrnn.transforms.validate import validate_tokens  # heavy (imports Beam): only when needed
 
     tokens = table.column("tokens").to_pylist()
     truncated = table.column("truncated").to_pylist()
@@ -473,7 +473,7 @@ def input_hash(table: pa.Table, **options: object) -> str:
 
 
 def write_atomic(path: str, data: str | bytes | Callable[[BinaryIO], None]) -> None:
-    """``schemas.files.atomic_write`` into a folder made if missing."""
+    """``folkrnn.schemas.files.atomic_write`` into a folder made if missing."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, data)
 

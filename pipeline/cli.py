@@ -18,21 +18,21 @@ import logging
 import os
 import sys
 
-from pipeline.errors import UsageError, describe_os_error
+from folkrnn.pipeline.errors import UsageError, describe_os_error
 
 # command name -> module that implements it
 COMMANDS: dict[str, str] = {
-    "ingest": "pipeline.ingest",
-    "train": "pipeline.train",
-    "import-folkrnn": "pipeline.importer",
-    "generate": "pipeline.generate",
-    "validate": "pipeline.validate",
-    "compare": "pipeline.compare",
-    "compile": "pipeline.compile",
-    "query": "pipeline.query",
-    "stats": "pipeline.stats",
-    "analyze": "pipeline.analyze",
-    "demo": "pipeline.demo",
+    "ingest": "folkrnn.pipeline.ingest",
+    "train": "folkrnn.pipeline.train",
+    "import-folkrnn": "folkrnn.pipeline.importer",
+    "generate": "folkrnn.pipeline.generate",
+    "validate": "folkrnn.pipeline.validate",
+    "compare": "folkrnn.pipeline.compare",
+    "compile": "folkrnn.pipeline.compile",
+    "query": "folkrnn.pipeline.query",
+    "stats": "folkrnn.pipeline.stats",
+    "analyze": "folkrnn.pipeline.analyze",
+    "demo": "folkrnn.pipeline.demo",
 }
 
 # Set to see the traceback of an unexpected error instead of its one-line summary.

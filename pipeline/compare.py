@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import UsageError
+from folkrnn.pipeline.errors import UsageError
 
 HELP = "Compare two datasets (e.g. training vs generated): lengths, meters, modes, forms, pitches, durations, valid rates"
 FINDINGS_USED = ("valid", "reasons", "form", "bar_count", "ends_on_tonic", "standard_form")
@@ -64,7 +64,7 @@ class DatasetStats:
     durations: Counter = field(default_factory=Counter)
 
     def add(self, tokens: list[str], findings: dict) -> None:
-        from transforms.validate import meter_and_mode
+        from folkrnn.transforms.validate import meter_and_mode
 
         self.tunes += 1
         self.valid += bool(findings["valid"])
@@ -115,7 +115,7 @@ def _spread(values: list[int]) -> dict[str, float]:
 def count_notes(tokens: list[str], pitches: Counter, durations: Counter) -> None:
     """Pitch tokens (chord notes too) into ``pitches``; each note's, rest's or chord's written
     duration token into ``durations`` ("1" when it has none)."""
-    from schemas.vocab import CHORD_CLOSE, CHORD_OPEN, DURATION_TOKENS, PITCH_TOKENS, REST
+    from folkrnn.schemas.vocab import CHORD_CLOSE, CHORD_OPEN, DURATION_TOKENS, PITCH_TOKENS, REST
 
     in_chord = False
     waiting = False  # a note, rest or chord whose duration token may come next
@@ -148,8 +148,8 @@ def collect(dataset: str, name: str, revalidate: bool = False, quiet: bool = Tru
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    from pipeline.validate import find_shards
-    from transforms.validate import validate_tokens
+    from folkrnn.pipeline.validate import find_shards
+    from folkrnn.transforms.validate import validate_tokens
 
     stats = DatasetStats(name)
     for path in tqdm(find_shards(dataset), unit=" shards", desc=f"read {name}", disable=quiet):
@@ -172,7 +172,7 @@ def collect(dataset: str, name: str, revalidate: bool = False, quiet: bool = Tru
 
 def label_of(dataset: str) -> str:
     """A short name: the folder's, with its parent's when it is a generic generated/ or tunes/."""
-    from pipeline.validate import NESTED
+    from folkrnn.pipeline.validate import NESTED
 
     parts = os.path.normpath(os.path.abspath(dataset)).split(os.sep)
     return "/".join(parts[-2:]) if parts[-1] in NESTED else parts[-1]
@@ -281,21 +281,21 @@ def _bars(ax: Any, keys: list[str], xs: list[float], ys: list[float], a: dict, b
 
 
 def _pitch_order(token: str) -> int:
-    from transforms.validate import pitch_height
+    from folkrnn.transforms.validate import pitch_height
 
     height = pitch_height(token)
     return height if height is not None else 999
 
 
 def _duration_order(token: str) -> float:
-    from schemas.vocab import DURATIONS
+    from folkrnn.schemas.vocab import DURATIONS
 
     return float(DURATIONS.get(token, 1))
 
 
 # --- The command ---------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    from pipeline.validate import write_json
+    from folkrnn.pipeline.validate import write_json
 
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, got {args.top}")

@@ -29,11 +29,11 @@ import sys
 import time
 from collections.abc import Iterator
 
-from pipeline.errors import UsageError, describe_os_error
+from folkrnn.pipeline.errors import UsageError, describe_os_error
 
 HELP = "Compile generated tunes into numbered volumes (ABC, typeset PDF with contents, MIDI) and a corpus"
 CODE_FILES = ("pipeline/books.py", "transforms/abc/tokenize.py", "transforms/titles.py")
-# The same as pipeline.books.PER_VOLUME and DEFAULT_BOOK_TITLE (a test checks): repeated here so
+# The same as folkrnn.pipeline.books.PER_VOLUME and DEFAULT_BOOK_TITLE (a test checks): repeated here so
 # that `folkrnn --help` does not import Arrow.
 PER_VOLUME = 3000
 DEFAULT_BOOK_TITLE = "The folk-rnn Session Book"
@@ -89,8 +89,8 @@ def load_tunes(path: str):  # -> pa.Table (VALIDATED)
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    from pipeline.books import missing_columns, with_findings
-    from pipeline.query import dataset_files
+    from folkrnn.pipeline.books import missing_columns, with_findings
+    from folkrnn.pipeline.query import dataset_files
 
     files, hive, base = dataset_files(path)  # one-line errors for a missing or empty dataset
     dataset = ds.dataset(files, format="parquet", partitioning="hive" if hive else None,
@@ -104,13 +104,13 @@ def load_tunes(path: str):  # -> pa.Table (VALIDATED)
         return with_findings(dataset.to_table(columns=wanted))
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
         first = str(err).strip().split("\n")[0]
-        raise UsageError(f"{path}: the columns do not have the types of schemas.tables.VALIDATED: {first}") from None
+        raise UsageError(f"{path}: the columns do not have the types of folkrnn.schemas.tables.VALIDATED: {first}") from None
 
 
 def select_tunes(table, which: str, where: str | None):
     import pyarrow.compute as pc
 
-    from pipeline.query import filter_table
+    from folkrnn.pipeline.query import filter_table
 
     if which == "valid":
         table = table.filter(pc.fill_null(table.column("valid"), False))
@@ -120,7 +120,7 @@ def select_tunes(table, which: str, where: str | None):
 
 
 def plan_jobs(args: argparse.Namespace, table) -> list:
-    from pipeline.books import VolumeJob, input_hash, split_volumes
+    from folkrnn.pipeline.books import VolumeJob, input_hash, split_volumes
 
     try:
         volumes = split_volumes(table, args.per_volume)
@@ -139,14 +139,14 @@ def plan_jobs(args: argparse.Namespace, table) -> list:
 
 def start_worker(parent: int) -> None:
     """Pool initializer: the worker (and so the tools it runs) dies with the compile process."""
-    from pipeline.books import die_with_parent
+    from folkrnn.pipeline.books import die_with_parent
 
     die_with_parent(parent)
 
 
 def build(job):
     """Worker entry point (runs in a pool process)."""
-    from pipeline.books import build_volume
+    from folkrnn.pipeline.books import build_volume
 
     return build_volume(job)
 
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_volumes(args: argparse.Namespace, table, jobs: list, start: float) -> int:
-    from pipeline.books import read_report, remove_leftovers, up_to_date
+    from folkrnn.pipeline.books import read_report, remove_leftovers, up_to_date
 
     remove_leftovers(args.out)  # safe: the lock keeps other runs out of this folder
     todo = [j for j in jobs if args.force or not up_to_date(j)]

@@ -34,7 +34,7 @@ def run_command(name: str, argv: list[str]) -> int:
     """Run a folkrnn subcommand in this process, with the defaults its own parser gives."""
     import importlib
 
-    from pipeline.cli import COMMANDS
+    from folkrnn.pipeline.cli import COMMANDS
 
     module = importlib.import_module(COMMANDS[name])
     parser = argparse.ArgumentParser(prog=f"folkrnn {name}")
@@ -68,7 +68,7 @@ def summary_is_current(summary_path: str, shards: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.errors import UsageError
+    from folkrnn.pipeline.errors import UsageError
 
     if args.threads < 0:
         raise UsageError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
@@ -88,12 +88,12 @@ def run(args: argparse.Namespace) -> int:
     stamp = {"code": source_fingerprint()}
     if os.path.exists(stamp_path) and json.load(open(stamp_path)) == stamp:
         print("  already done (same code): kept")
-        from pipeline.ingest import format_summary, load_summary
+        from folkrnn.pipeline.ingest import format_summary, load_summary
 
         print(format_summary(load_summary(paths["ingest"]), paths["ingest"]))
     else:
         run_command("ingest", ["--out", paths["ingest"], *quiet])
-        from schemas.files import atomic_write
+        from folkrnn.schemas.files import atomic_write
 
         atomic_write(stamp_path, json.dumps(stamp))
     timings.append(("ingest", time.perf_counter() - start))
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     shards = os.path.join(paths["generated"], "generated")
     summary_path = os.path.join(paths["generated"], "validation-summary.json")
     if summary_is_current(summary_path, shards):
-        from transforms.validate import format_summary
+        from folkrnn.transforms.validate import format_summary
 
         print("  already done (no shard changed since): kept")
         with open(summary_path, encoding="utf-8") as handle:

@@ -8,9 +8,9 @@ import os
 import sys
 from fractions import Fraction
 
-from pipeline.options import has_flag
-from schemas.errors import UsageError
-from schemas.vocab import METERS, MODES, TOKEN_TO_ID
+from folkrnn.pipeline.options import has_flag
+from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.vocab import METERS, MODES, TOKEN_TO_ID
 
 BAR_TOKENS = frozenset({"|", "|:", ":|", "|1", "|2"})
 
@@ -124,7 +124,7 @@ def check_prime_bars(body: list[str], meter: str | None) -> str | None:
 
     Returns the implied meter (None when a meter was given, or the prime has no closed bar).
     """
-    from transforms.validate import bar_lengths
+    from folkrnn.transforms.validate import bar_lengths
 
     bars = closed_bars([t for t in body if t != "*"])
     if not bars:
@@ -160,8 +160,8 @@ def check_prime_bars(body: list[str], meter: str | None) -> str | None:
 
 
 def _tokenize_fragment(fragment: str, meter: str | None, mode: str | None) -> list[str]:
-    from transforms.abc.errors import TuneRejected
-    from transforms.abc.tokenize import tokenize_tune
+    from folkrnn.transforms.abc.errors import TuneRejected
+    from folkrnn.transforms.abc.tokenize import tokenize_tune
 
     has_header = any(line.strip().startswith("K:") for line in fragment.splitlines())
     text = fragment if has_header else f"X:1\nM:{meter or '4/4'}\nL:1/8\nK:C{mode or 'maj'}\n{fragment}\n"
@@ -216,8 +216,8 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from model.checkpoint import checkpoint_id
-    from model.generate import RunSettings, load_model
+    from folkrnn.model.checkpoint import checkpoint_id
+    from folkrnn.model.generate import RunSettings, load_model
 
     # The whole checkpoint is checked (config, weight shapes, NaN) before a folder or a worker is made.
     model = load_model(args.checkpoint)
@@ -231,8 +231,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_numbers(args: argparse.Namespace, settings, numbers: list[int], model) -> int:
-    from model.generate import load_sampler, tune_row
-    from model.sample import sample_in_order
+    from folkrnn.model.generate import load_sampler, tune_row
+    from folkrnn.model.sample import sample_in_order
 
     sampler = load_sampler(args.checkpoint, args.dtype, args.device, model)
     tunes = sample_in_order(sampler, numbers, batch_size=min(args.batch_size, len(numbers)),
@@ -246,8 +246,8 @@ def print_numbers(args: argparse.Namespace, settings, numbers: list[int], model)
 def generate_run(args: argparse.Namespace, settings, model) -> int:
     from apache_beam.io.filesystems import FileSystems
 
-    from model.generate import SHARDS_DIR, Manifest, shard_done, shard_path
-    from transforms.ingest import write_json_atomic
+    from folkrnn.model.generate import SHARDS_DIR, Manifest, shard_done, shard_path
+    from folkrnn.transforms.ingest import write_json_atomic
 
     out = args.out
     manifest_path = FileSystems.join(out, "manifest.json")
@@ -286,7 +286,7 @@ def generate_run(args: argparse.Namespace, settings, model) -> int:
 def run_locally(args: argparse.Namespace, settings, todo: list, done_tunes: int, model) -> None:
     from tqdm import tqdm
 
-    from model.generate import generate_shards, load_sampler
+    from folkrnn.model.generate import generate_shards, load_sampler
 
     sampler = load_sampler(args.checkpoint, args.dtype, args.device, model)
     with tqdm(total=settings.num_tunes, initial=done_tunes, unit=" tunes", desc="generate",
@@ -298,8 +298,8 @@ def run_locally(args: argparse.Namespace, settings, todo: list, done_tunes: int,
 def run_on_beam(args: argparse.Namespace, settings, todo: list) -> None:
     import apache_beam as beam
 
-    from pipeline.options import pipeline_options
-    from transforms.generate import GenerateTunes
+    from folkrnn.pipeline.options import pipeline_options
+    from folkrnn.transforms.generate import GenerateTunes
 
     with beam.Pipeline(options=pipeline_options(args.beam_args)) as pipeline:
         (

@@ -16,8 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.checkpoint import checkpoint_id
-    from model.importer import import_folkrnn
+    from folkrnn.model.checkpoint import checkpoint_id
+    from folkrnn.model.importer import import_folkrnn
 
     info = import_folkrnn(args.file, args.out)
     order = "same token order" if info["token_order_identical"] else "token order mapped onto ours"

@@ -8,7 +8,7 @@ import math
 import os
 import sys
 
-from pipeline.errors import UsageError
+from folkrnn.pipeline.errors import UsageError
 
 HELP = "Scrape, clean, transpose to C and tokenize ABC collections into Parquet (a Beam pipeline)"
 ACCEPTS_BEAM_FLAGS = True
@@ -72,7 +72,7 @@ def check_scrape_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    from pipeline.run_ingest import run_ingest
+    from folkrnn.pipeline.run_ingest import run_ingest
 
     summary = run_ingest(args)
     print(format_summary(summary, args.out))
@@ -109,6 +109,6 @@ def load_summary(out: str) -> dict:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from pipeline.cli import main
+    from folkrnn.pipeline.cli import main
 
     sys.exit(main(["ingest", *sys.argv[1:]]))

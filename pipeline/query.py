@@ -25,7 +25,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from schemas.errors import UsageError
+from folkrnn.schemas.errors import UsageError
 
 HELP = "Select tunes from a generated dataset or corpus with a SQL condition (DuckDB, pushed down to Parquet)"
 FORMATS = ("table", "csv", "json", "abc")
@@ -305,7 +305,7 @@ def format_json(table: Any) -> Iterator[str]:
 
 def format_abc(table: Any) -> Iterator[str]:
     """A playable ABC 2.1 file: the ``abc`` column of each row, or ABC made from ``tokens``."""
-    from transforms.abc.tokenize import detokenize
+    from folkrnn.transforms.abc.tokenize import detokenize
 
     yield "%abc-2.1\n"
     for i, row in enumerate(table.to_pylist(), start=1):

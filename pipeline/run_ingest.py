@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.options import pipeline_options
-from schemas.errors import UsageError
-from schemas.files import atomic_write
-from schemas.tables import INGEST_TABLES
-from transforms import ingest as ingest_transforms
-from transforms.ingest import (
+from folkrnn.pipeline.options import pipeline_options
+from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.files import atomic_write
+from folkrnn.schemas.tables import INGEST_TABLES
+from folkrnn.transforms import ingest as ingest_transforms
+from folkrnn.transforms.ingest import (
     DUPLICATES,
     REJECTS,
     IngestTunes,
@@ -40,7 +40,7 @@ from transforms.ingest import (
     outcome_events,
     write_json_atomic,
 )
-from transforms.sources import (
+from folkrnn.transforms.sources import (
     REPEATED,
     ReadAbcFiles,
     ReadFolkRnnText,
@@ -87,7 +87,7 @@ def plan_sources(sources: Sequence[str], fmt: str = "abc", url_lists: Sequence[s
         else:
             plan.abc.append(source)
     for url_list in url_lists:
-        from transforms.scrape import read_url_list
+        from folkrnn.transforms.scrape import read_url_list
 
         plan.urls.extend(read_url_list(url_list))
     return plan
@@ -115,8 +115,8 @@ def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_f
     if plan.folkrnn_text:
         add("FolkRnn", pipeline | "ReadFolkRnnText" >> ReadFolkRnnText(plan.folkrnn_text))
     if plan.urls:
-        from pipeline.beam.scrape import ScrapeAbc
-        from transforms.sources import tunes_of_document
+        from folkrnn.pipeline.beam.scrape import ScrapeAbc
+        from folkrnn.transforms.sources import tunes_of_document
 
         scraped = (
             pipeline
@@ -208,7 +208,7 @@ def run_ingest(args: argparse.Namespace) -> dict:
 def write_folkrnn_text_file(out: str) -> str:
     import pyarrow.parquet as pq
 
-    from transforms.abc.split import write_folkrnn_text
+    from folkrnn.transforms.abc.split import write_folkrnn_text
 
     table = pq.read_table(os.path.join(out, "tunes"), columns=["id", "tokens"]).sort_by("id")
     path = os.path.join(out, FOLKRNN_TEXT)

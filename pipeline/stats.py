@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from schemas.errors import UsageError
+from folkrnn.schemas.errors import UsageError
 
 HELP = "Counts by meter, mode, form and validity; length and token histograms (text, or a PNG with --plot)"
 TOP_FORMS = 12
@@ -42,7 +42,7 @@ def _nice_width(span: int, bins: int = 20) -> int:
 
 def compute_stats(path: str, where: str | None = None) -> dict[str, Any]:
     """The numbers behind the report, as plain Python values."""
-    from pipeline.query import apply_where, connect, relation
+    from folkrnn.pipeline.query import apply_where, connect, relation
 
     con = connect()
     rel = apply_where(relation(con, path), where)
@@ -91,7 +91,7 @@ def _rows(con: Any, sql: str) -> list[tuple]:
     """The rows of one of our queries over ``tunes``; a --where that fails on the data is a UsageError."""
     import duckdb
 
-    from pipeline.query import where_error
+    from folkrnn.pipeline.query import where_error
 
     try:
         return con.execute(sql).fetchall()
@@ -101,7 +101,7 @@ def _rows(con: Any, sql: str) -> list[tuple]:
 
 def _token_classes(by_token: list[tuple[str, int]]) -> list[list[Any]]:
     """Token counts summed by vocabulary class (pitch, duration, bar ...); "unknown" for the rest."""
-    from schemas.vocab import token_class
+    from folkrnn.schemas.vocab import token_class
 
     by_class: dict[str, int] = {}
     for token, n in by_token:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from schemas.errors import UsageError
+from folkrnn.schemas.errors import UsageError
 
 HELP = "Train the folk-rnn v2 LSTM on tokenized tunes (resumable; checkpoints, metrics.csv, loss.png)"
 
@@ -67,7 +67,7 @@ def _given(args: argparse.Namespace, name: str) -> bool:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    from model.network import MAX_LAYERS, MAX_UNITS
+    from folkrnn.model.network import MAX_LAYERS, MAX_UNITS
 
     for name in ("layers", "units", "batch_size", "max_epochs", "threads"):
         if _given(args, name) and getattr(args, name) < 1:
@@ -88,10 +88,10 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    from model.checkpoint import check_folder, model_config_of, read_payload
-    from model.data import load_tunes
-    from model.network import ModelConfig
-    from model.train import TrainConfig, checkpoint_paths, restoring, train
+    from folkrnn.model.checkpoint import check_folder, model_config_of, read_payload
+    from folkrnn.model.data import load_tunes
+    from folkrnn.model.network import ModelConfig
+    from folkrnn.model.train import TrainConfig, checkpoint_paths, restoring, train
 
     check_folder(args.out, "the training run")
 

@@ -12,7 +12,7 @@ or ``tunes/`` folder of them):
   with rule changes.
 * any other table with a ``tokens`` column keeps its columns and gets the findings after them.
 
-Every shard is rewritten atomically (``schemas.files.atomic_write``: a dot-prefixed temporary
+Every shard is rewritten atomically (``folkrnn.schemas.files.atomic_write``: a dot-prefixed temporary
 file in its folder, which dataset readers skip, then a rename) with exactly its rows in their
 order, and the same input gives the same bytes, so running twice changes nothing.
 ``--summary-only`` validates and summarises without writing. A failed write (a full disk, a file
@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
-from pipeline.errors import UsageError
-from schemas.files import atomic_write
+from folkrnn.pipeline.errors import UsageError
+from folkrnn.schemas.files import atomic_write
 
 HELP = "Add the validator's findings (valid, reasons, bars, form ...) to a dataset's Parquet shards and summarise"
 NESTED = ("generated", "tunes")  # where generate and ingest put their shards
@@ -82,7 +82,7 @@ def output_schema(schema: Any) -> Any:
     """VALIDATED for generated tunes, TUNES for an ingest's, else the columns plus the findings."""
     import pyarrow as pa
 
-    from schemas.tables import FINDINGS, GENERATED, TUNES, VALIDATED
+    from folkrnn.schemas.tables import FINDINGS, GENERATED, TUNES, VALIDATED
 
     findings = set(FINDINGS.names)
     base = [f for f in schema if f.name not in findings]
@@ -97,7 +97,7 @@ def with_findings(table: Any, findings: list) -> Any:
     """The table with its findings columns (re)placed, as ``output_schema`` says."""
     import pyarrow as pa
 
-    from schemas.tables import FINDINGS
+    from folkrnn.schemas.tables import FINDINGS
 
     schema = output_schema(table.schema)
     columns = []
@@ -123,7 +123,7 @@ def write_atomic(path: str, table: Any) -> None:
 
 def validate_shard(path: str, write: bool = True) -> tuple[int, Any]:
     """(rows, SummaryTally) of one shard, rewriting it with the findings when ``write``."""
-    from transforms.validate import SummaryTally, validate_tokens
+    from folkrnn.transforms.validate import SummaryTally, validate_tokens
 
     table = read_shard(path)
     tokens = table.column("tokens").to_pylist()
@@ -153,10 +153,10 @@ def _results(shards: list[str], write: bool, workers: int) -> Iterator[tuple[int
 
 
 def validate_dataset(dataset: str, write: bool = True, workers: int = 1, quiet: bool = True) -> dict:
-    """Validate every shard; the summary (``transforms.validate.summarize``'s) with the dataset's counts."""
+    """Validate every shard; the summary (``folkrnn.transforms.validate.summarize``'s) with the dataset's counts."""
     from tqdm import tqdm
 
-    from transforms.validate import SummaryTally
+    from folkrnn.transforms.validate import SummaryTally
 
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
@@ -172,7 +172,7 @@ def validate_dataset(dataset: str, write: bool = True, workers: int = 1, quiet: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from transforms.validate import format_summary
+    from folkrnn.transforms.validate import format_summary
 
     if args.json:
         check_json_path(args.json)  # before the work, not after it

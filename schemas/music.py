@@ -20,7 +20,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import NamedTuple, TypeVar
 
-from schemas.vocab import (
+from folkrnn.schemas.vocab import (
     BROKEN_TOKENS,
     CHORD_CLOSE,
     CHORD_OPEN,
@@ -52,7 +52,7 @@ KINDS: tuple[str, ...] = (
 )
 _SPLIT_KINDS = {START: "start", END: "end", CHORD_OPEN: "chord_open", CHORD_CLOSE: "chord_close"}
 TOKEN_KIND: dict[str, str] = {token: _SPLIT_KINDS.get(token) or token_class(token) for token in TOKENS}
-assert set(TOKEN_KIND.values()) == set(KINDS), "token kinds out of step with schemas.vocab's classes"
+assert set(TOKEN_KIND.values()) == set(KINDS), "token kinds out of step with folkrnn.schemas.vocab's classes"
 # Tokens that start a note, rest or chord: the elements that take time.
 ELEMENT_STARTS = frozenset(t for t, kind in TOKEN_KIND.items() if kind in ("pitch", "rest", "chord_open"))
 
@@ -90,7 +90,7 @@ BROKEN_RHYTHMS: dict[str, BrokenRhythm] = {
     "/2<": BrokenRhythm(DURATIONS["/2"], Fraction(1, 2), Fraction(3, 2)),
     "4>": BrokenRhythm(DURATIONS["4"], Fraction(3, 2), Fraction(1, 2)),
 }
-assert set(BROKEN_RHYTHMS) == BROKEN_TOKENS, "broken-rhythm table out of step with schemas.vocab"
+assert set(BROKEN_RHYTHMS) == BROKEN_TOKENS, "broken-rhythm table out of step with folkrnn.schemas.vocab"
 
 
 def fused_broken_token(duration: str, direction: str) -> str | None:
@@ -145,7 +145,7 @@ MODE_SCALES: dict[str, tuple[int, ...]] = {
     "dor": (0, 2, 3, 5, 7, 9, 10),
     "mix": (0, 2, 4, 5, 7, 9, 10),
 }
-assert tuple(MODE_SCALES) == MODES, "mode table out of step with schemas.vocab"
+assert tuple(MODE_SCALES) == MODES, "mode table out of step with folkrnn.schemas.vocab"
 
 
 def parse_pitch(text: str) -> tuple[int | None, str, int]:

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.vocab import BROKEN_TOKENS, DURATIONS, PITCH_TOKENS, TOKEN_TO_ID
-from transforms.abc.errors import TuneRejected
-from transforms.abc.header import Key, parse_key, parse_meter
-from transforms.abc.split import read_folkrnn_text, split_abc, write_folkrnn_text
-from transforms.abc.tokenize import detokenize, tokenize_tune
+from folkrnn.schemas.vocab import BROKEN_TOKENS, DURATIONS, PITCH_TOKENS, TOKEN_TO_ID
+from folkrnn.transforms.abc.errors import TuneRejected
+from folkrnn.transforms.abc.header import Key, parse_key, parse_meter
+from folkrnn.transforms.abc.split import read_folkrnn_text, split_abc, write_folkrnn_text
+from folkrnn.transforms.abc.tokenize import detokenize, tokenize_tune
 
 
 def tune(body: str, key: str = "C", meter: str = "4/4", length: str = "1/8", extra: str = "") -> str:
@@ -265,7 +265,7 @@ def music21_abc_files() -> list[str]:
 
 
 def real_tunes(limit: int) -> list[str]:
-    from transforms.records import decode_text
+    from folkrnn.transforms.records import decode_text
 
     found: list[str] = []
     for path in music21_abc_files():
@@ -276,7 +276,7 @@ def real_tunes(limit: int) -> list[str]:
 
 def test_transposition_preserves_every_interval_on_real_tunes():
     """Hundreds of real tunes: every note moves by exactly the transposition."""
-    from transforms.abc.tokenize import split_header
+    from folkrnn.transforms.abc.tokenize import split_header
 
     checked = 0
     for text in real_tunes(400):
@@ -296,13 +296,13 @@ def test_transposition_preserves_every_interval_on_real_tunes():
 
 def tokenize_tune_untransposed(text: str) -> list[str]:
     """The tune's notes spelled in its own key (shift 0), using the lexer's elements."""
-    from schemas.music import LETTERS, pitch_text
-    from transforms.abc.lexer import Chord, Note, lex_body
-    from transforms.abc.tokenize import Bar, split_header
+    from folkrnn.schemas.music import LETTERS, pitch_text
+    from folkrnn.transforms.abc.lexer import Chord, Note, lex_body
+    from folkrnn.transforms.abc.tokenize import Bar, split_header
 
     header = split_header(text)
     meter = parse_meter(header.fields["M"])
-    from transforms.abc.header import default_unit_length, parse_unit_length
+    from folkrnn.transforms.abc.header import default_unit_length, parse_unit_length
 
     unit = parse_unit_length(header.fields["L"]) if "L" in header.fields else default_unit_length(meter)
     body = lex_body(header.body, unit, meter.token_meter, header.fields["K"])
@@ -422,8 +422,8 @@ def debian_example_files() -> list[str]:
 
 
 def test_nothing_crashes_on_debian_example_files():
-    from transforms.ingest import process_record
-    from transforms.records import RawTune, decode_text
+    from folkrnn.transforms.ingest import process_record
+    from folkrnn.transforms.records import RawTune, decode_text
 
     files = debian_example_files()
     assert files, "abcm2ps/abcmidi examples missing: run `make setup` (installs the Debian packages)"

@@ -11,16 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from model.analysis import copying, counting, nudging, parameters
-from model.analysis import tokens as relations
-from model.analysis.activations import FALLBACK_TUNE, bar_steps, run_states, sparsity, trace_tune
-from model.analysis.common import AnalysisSettings, Context, Generated, generate
-from model.analysis.timing import timeline
-from model.checkpoint import save_checkpoint
-from model.network import FolkRNN, ModelConfig
-from pipeline.errors import UsageError
-from schemas.vocab import BAR_TOKENS, END_ID, TOKEN_TO_ID
-from transforms.validate import bar_lengths, validate_tokens
+from folkrnn.model.analysis import copying, counting, nudging, parameters
+from folkrnn.model.analysis import tokens as relations
+from folkrnn.model.analysis.activations import FALLBACK_TUNE, bar_steps, run_states, sparsity, trace_tune
+from folkrnn.model.analysis.common import AnalysisSettings, Context, Generated, generate
+from folkrnn.model.analysis.timing import timeline
+from folkrnn.model.checkpoint import save_checkpoint
+from folkrnn.model.network import FolkRNN, ModelConfig
+from folkrnn.pipeline.errors import UsageError
+from folkrnn.schemas.vocab import BAR_TOKENS, END_ID, TOKEN_TO_ID
+from folkrnn.transforms.validate import bar_lengths, validate_tokens
 
 ID = TOKEN_TO_ID
 
@@ -272,9 +272,9 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 def test_cli_writes_a_report_with_every_part(tmp_path, checkpoint, monkeypatch, capsys):
-    from pipeline import cli
+    from folkrnn.pipeline import cli
 
-    monkeypatch.setitem(cli.COMMANDS, "analyze", "pipeline.analyze")
+    monkeypatch.setitem(cli.COMMANDS, "analyze", "folkrnn.pipeline.analyze")
     ingest = write_ingest(tmp_path / "ingest", [FALLBACK_TUNE, FALLBACK_TUNE[:40], HAND_TUNE])
     out = tmp_path / "report"
     code = cli.main(["analyze", checkpoint, "--out", str(out), "--num-tunes", "12", "--max-tokens", "50",
@@ -305,9 +305,9 @@ def test_cli_writes_a_report_with_every_part(tmp_path, checkpoint, monkeypatch, 
 
 
 def test_missing_corpus_is_noted_unless_asked_for(tmp_path):
-    from model.analysis.common import PARTS
-    from model.analysis.report import run_analysis
-    from pipeline.analyze import PARTS as CLI_PARTS
+    from folkrnn.model.analysis.common import PARTS
+    from folkrnn.model.analysis.report import run_analysis
+    from folkrnn.pipeline.analyze import PARTS as CLI_PARTS
 
     assert CLI_PARTS == PARTS  # the CLI keeps its own copy so that --help does not import torch
     settings = small_settings(ingest=str(tmp_path / "none"))
@@ -318,7 +318,7 @@ def test_missing_corpus_is_noted_unless_asked_for(tmp_path):
 
 
 def test_tune_from_abc_or_tokens(tmp_path):
-    from pipeline.analyze import read_tune
+    from folkrnn.pipeline.analyze import read_tune
 
     assert read_tune("M:6/8 K:Cmaj c 3 |") == ["M:6/8", "K:Cmaj", "c", "3", "|"]
     path = tmp_path / "tune.abc"

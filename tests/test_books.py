@@ -22,10 +22,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.tables import CORPUS, FINDINGS_FIELDS, GENERATED, VALIDATED
-from schemas.vocab import encode
-from transforms.abc.tokenize import detokenize
-from transforms.titles import title_for
+from folkrnn.schemas.tables import CORPUS, FINDINGS_FIELDS, GENERATED, VALIDATED
+from folkrnn.schemas.vocab import encode
+from folkrnn.transforms.abc.tokenize import detokenize
+from folkrnn.transforms.titles import title_for
 
 BASES = (
     # double jig, AABB with a pickup
@@ -103,7 +103,7 @@ def generated_table(numbers, findings: bool = True, titles: bool = True) -> pa.T
     table = pa.Table.from_pylist(rows, schema=GENERATED)
     if not findings:
         return table
-    from transforms.validate import validate_tokens
+    from folkrnn.transforms.validate import validate_tokens
 
     found = [validate_tokens(r["tokens"], r["truncated"]).as_row() for r in rows]
     for f in FINDINGS_FIELDS:
@@ -124,7 +124,7 @@ def write_dataset(path: str, numbers, shards: int = 3, **kwargs) -> str:
 def compile_args(*argv: str):
     import argparse
 
-    from pipeline import compile as compile_command
+    from folkrnn.pipeline import compile as compile_command
 
     parser = argparse.ArgumentParser()
     compile_command.add_arguments(parser)
@@ -132,7 +132,7 @@ def compile_args(*argv: str):
 
 
 def run_compile(*argv: str) -> int:
-    from pipeline import compile as compile_command
+    from folkrnn.pipeline import compile as compile_command
 
     return compile_command.run(compile_args(*argv))
 
@@ -163,7 +163,7 @@ def contents_entries(pages: list[str]) -> dict[int, tuple[str, str, str, int]]:
 
 # --- volume numbering, titles and the ABC text ---------------------------------------------------
 def test_volume_ranges_cut_numbers_into_continuous_runs():
-    from pipeline.books import volume_ranges
+    from folkrnn.pipeline.books import volume_ranges
 
     ranges = volume_ranges(range(1, 30001))
     assert len(ranges) == 10
@@ -178,7 +178,7 @@ def test_volume_ranges_cut_numbers_into_continuous_runs():
 
 
 def test_volume_stems_are_zero_padded_and_defaults_agree():
-    from pipeline import books, compile
+    from folkrnn.pipeline import books, compile
 
     assert (compile.PER_VOLUME, compile.DEFAULT_BOOK_TITLE) == (books.PER_VOLUME, books.DEFAULT_BOOK_TITLE)
     volume_stem = books.volume_stem
@@ -188,7 +188,7 @@ def test_volume_stems_are_zero_padded_and_defaults_agree():
 
 
 def test_titles_are_deterministic_and_fit_the_meter():
-    from transforms.titles import TYPES
+    from folkrnn.transforms.titles import TYPES
 
     assert title_for(488, "6/8") == title_for(488, "6/8")
     assert title_for(488, "6/8").split()[:3] == title_for(488, "3/4").split()[:3]  # same words, other type
@@ -199,7 +199,7 @@ def test_titles_are_deterministic_and_fit_the_meter():
 
 
 def test_volume_abc_is_abc_2_1_with_one_block_per_tune():
-    from pipeline.books import tune_start_lines, write_volume_abc
+    from folkrnn.pipeline.books import tune_start_lines, write_volume_abc
 
     rows = [{"number": n, "title": title_for(n), "tokens": tune_tokens(n)[0]} for n in (5, 6, 7, 488)]
     text = write_volume_abc(rows, 2, 10, "Book")
@@ -242,8 +242,8 @@ def valid_sample(count: int) -> list[int]:
 def test_tools_read_valid_tunes_without_error(tmp_path):
     import music21
 
-    from pipeline.books import write_volume_abc
-    from transforms.validate import validate_tokens
+    from folkrnn.pipeline.books import write_volume_abc
+    from folkrnn.transforms.validate import validate_tokens
 
     numbers = valid_sample(48)  # six of each kind of tune
     rows = [{"number": n, "title": title_for(n), "tokens": tune_tokens(n)[0]} for n in numbers]
@@ -393,7 +393,7 @@ def test_valid_only_and_where_selections_and_midi(tmp_path):
 
 
 def test_compile_usage_errors(tmp_path):
-    from pipeline.errors import UsageError
+    from folkrnn.pipeline.errors import UsageError
 
     data = write_dataset(str(tmp_path / "generated"), range(1, 11), shards=1)
     cases = [

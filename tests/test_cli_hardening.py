@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from pipeline import cli
-from pipeline.errors import UsageError
-from pipeline.generate import MAX_NUMBERS, build_prime, parse_numbers
+from folkrnn.pipeline import cli
+from folkrnn.pipeline.errors import UsageError
+from folkrnn.pipeline.generate import MAX_NUMBERS, build_prime, parse_numbers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "model", "demo.pt")
@@ -104,12 +104,12 @@ def test_io_failure_is_one_line_naming_the_path(capsys, tmp_path):
 
 
 def test_unexpected_error_is_one_line(capsys, monkeypatch):
-    import pipeline.stats
+    import folkrnn.pipeline.stats
 
     def broken(args):
         raise RuntimeError("something\nbroke")
 
-    monkeypatch.setattr(pipeline.stats, "run", broken)
+    monkeypatch.setattr(folkrnn.pipeline.stats, "run", broken)
     monkeypatch.delenv(cli.TRACEBACK_VARIABLE, raising=False)
     code, _, err = run(capsys, "stats", "somewhere")
     line = one_line(err)

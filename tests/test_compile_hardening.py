@@ -30,7 +30,7 @@ ON_LINUX = sys.platform.startswith("linux")
 
 def folkrnn(*argv: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv], cwd=ROOT, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "folkrnn.pipeline.cli", *argv], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
@@ -111,7 +111,7 @@ def test_kill_9_of_compile_leaves_no_process_and_the_next_run_builds_the_volumes
 
 
 def test_a_second_compile_into_the_same_folder_is_refused(tmp_path):
-    from pipeline.errors import UsageError
+    from folkrnn.pipeline.errors import UsageError
 
     data = write_dataset(str(tmp_path / "generated"), range(1, 11), shards=1)
     out = tmp_path / "out"
@@ -151,7 +151,7 @@ def folder_bytes(folder: str) -> dict[str, bytes]:
 
 
 def test_validate_json_into_a_file_is_one_line_before_any_work(tmp_path, capsys):
-    from pipeline import cli
+    from folkrnn.pipeline import cli
 
     data = small_dataset(str(tmp_path / "generated"))
     before = folder_bytes(data)
@@ -170,7 +170,7 @@ def test_validate_json_into_a_file_is_one_line_before_any_work(tmp_path, capsys)
 @pytest.mark.skipif(not (os.path.exists("/dev/full") and stat.S_ISCHR(os.stat("/dev/full").st_mode)),
                     reason="needs /dev/full")
 def test_validate_json_on_a_full_disk_is_one_line_and_the_device_stays(tmp_path, capsys):
-    from pipeline import cli
+    from folkrnn.pipeline import cli
 
     data = small_dataset(str(tmp_path / "generated"))
     assert cli.main(["validate", data, "--json", "/dev/full", "--quiet"]) == 2
@@ -203,7 +203,7 @@ def test_validate_shard_write_failure_names_the_shard_and_the_real_cause(tmp_pat
 # --- generate: a failed or interrupted shard write leaves nothing a reader reads ---------------------
 WRITE_SHARD = """
 import resource, signal, sys
-from model.generate import write_shard
+from folkrnn.model.generate import write_shard
 from tests.test_books import generated_table
 rows = generated_table(range(41, 61), findings=False).to_pylist()
 if sys.argv[2] == "kill":
@@ -215,7 +215,7 @@ write_shard(sys.argv[1], rows)
 
 @pytest.mark.parametrize("how", ["kill", "error"])
 def test_an_interrupted_generate_shard_is_never_read(tmp_path, how):
-    from model.generate import write_shard
+    from folkrnn.model.generate import write_shard
 
     folder = tmp_path / "generated"
     for k, numbers in enumerate((range(1, 21), range(21, 41))):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.demo import summary_is_current
+from folkrnn.pipeline.demo import summary_is_current
 
 
 def test_validation_is_reused_only_when_written_after_every_shard(tmp_path):

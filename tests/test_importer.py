@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint
-from model.importer import FolkRNNImportError, import_folkrnn, read_folkrnn_pickle
-from pipeline import importer as importer_cli
-from schemas.vocab import TOKENS, VOCAB_SIZE
+from folkrnn.model.checkpoint import load_checkpoint
+from folkrnn.model.importer import FolkRNNImportError, import_folkrnn, read_folkrnn_pickle
+from folkrnn.pipeline import importer as importer_cli
+from folkrnn.schemas.vocab import TOKENS, VOCAB_SIZE
 
 UNITS, LAYERS = 8, 3
 

@@ -13,11 +13,11 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.run_ingest import IngestPlan, build_ingest
-from schemas.tables import DUPLICATES, REJECTS, TUNES
+from folkrnn.pipeline.run_ingest import IngestPlan, build_ingest
+from folkrnn.schemas.tables import DUPLICATES, REJECTS, TUNES
+from folkrnn.transforms.ingest import IngestTunes, split_of
+from folkrnn.transforms.records import RawTune
 from tests.conftest import FIXTURES, local_options
-from transforms.ingest import IngestTunes, split_of
-from transforms.records import RawTune
 
 REEL = "X:1\nT:Reel\nM:4/4\nL:1/8\nK:G\n|:GABc dedB|dedB dedB:|\n"
 
@@ -128,7 +128,7 @@ def test_same_output_on_the_multiprocess_runner(fixture_ingest, tmp_path):
 
 
 def folkrnn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "folkrnn.pipeline.cli", *args], capture_output=True, text=True,
                           timeout=300)
 
 

@@ -24,11 +24,11 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import cli
-from pipeline.run_ingest import JOURNAL, commit_staging, os_error_of, remove_leftovers
+from folkrnn.pipeline import cli
+from folkrnn.pipeline.run_ingest import JOURNAL, commit_staging, os_error_of, remove_leftovers
+from folkrnn.transforms.abc.split import looks_like_folkrnn_text
+from folkrnn.transforms.sources import split_json_array
 from tests.conftest import FIXTURES
-from transforms.abc.split import looks_like_folkrnn_text
-from transforms.sources import split_json_array
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLES = ("tunes", "duplicates", "rejects")
@@ -73,7 +73,7 @@ def ingest(capsys, *argv: str) -> tuple[int, str, str]:
 
 def folkrnn(*argv: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": ROOT}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv], cwd=ROOT, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "folkrnn.pipeline.cli", *argv], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
@@ -195,7 +195,7 @@ def test_a_commit_cut_short_is_finished_by_the_next_run(tmp_path, capsys):
 
 def test_the_object_store_commit_replaces_every_table_file(tmp_path):
     """gs:// has no folders to rename: the staged files are moved one by one (run here on local paths)."""
-    from pipeline.run_ingest import commit_remote
+    from folkrnn.pipeline.run_ingest import commit_remote
 
     out, staging = str(tmp_path / "X"), str(tmp_path / "X" / ".staging-0123456789ab")
     for name in ("part-00000-of-00002.parquet", "part-00001-of-00002.parquet"):
@@ -292,10 +292,10 @@ for root, _, files in sorted(os.walk(sys.argv[1])):
         path = os.path.join(root, name)
         print(path, hashlib.sha256(open(path, 'rb').read()).hexdigest())
 " "$DISK/X"; }
-python -m pipeline.cli ingest "$SMALL" --out "$DISK/X" --quiet > /dev/null || exit 91
+python -m folkrnn.pipeline.cli ingest "$SMALL" --out "$DISK/X" --quiet > /dev/null || exit 91
 listing > "$DISK/../before.txt"
 if [ "$HOW" = read-only ]; then mount -o remount,ro "$DISK" || exit 92; fi
-python -m pipeline.cli ingest "$BIG" --out "$DISK/X" --quiet
+python -m folkrnn.pipeline.cli ingest "$BIG" --out "$DISK/X" --quiet
 echo "exit $?" > "$DISK/../exit.txt"
 listing > "$DISK/../after.txt"
 python -c "

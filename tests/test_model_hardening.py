@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import importer
-from model.checkpoint import (
+from folkrnn.model import importer
+from folkrnn.model.checkpoint import (
     CheckpointError,
     atomic_save,
     load_checkpoint,
@@ -29,9 +29,9 @@ from model.checkpoint import (
     read_payload,
     save_checkpoint,
 )
-from model.generate import RunSettings, load_sampler
-from model.importer import FolkRNNImportError, import_folkrnn, read_folkrnn_pickle
-from model.network import (
+from folkrnn.model.generate import RunSettings, load_sampler
+from folkrnn.model.importer import FolkRNNImportError, import_folkrnn, read_folkrnn_pickle
+from folkrnn.model.network import (
     MAX_PARAMETERS,
     FolkRNN,
     ModelConfig,
@@ -39,9 +39,9 @@ from model.network import (
     expected_shapes,
     parameter_count,
 )
-from model.train import TrainConfig, train
-from pipeline import cli
-from schemas.errors import UsageError
+from folkrnn.model.train import TrainConfig, train
+from folkrnn.pipeline import cli
+from folkrnn.schemas.errors import UsageError
 from tests.test_importer import original_metadata, py2_pickle
 from tests.test_train import synthetic_tunes, tune_set, write_text
 
@@ -51,7 +51,7 @@ SMALL = ModelConfig(n_layers=1, n_units=8)
 
 def folkrnn(*argv: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "folkrnn.pipeline.cli", *argv], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
 
 
@@ -191,7 +191,7 @@ def test_the_generation_dofn_refuses_a_crafted_checkpoint(good_checkpoint, tmp_p
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
 
-    from transforms.generate import GenerateTunes
+    from folkrnn.transforms.generate import GenerateTunes
 
     path = crafted(good_checkpoint, tmp_path / "nan.pt", lambda p: p["model"]["out.bias"].fill_(math.inf))
     settings = RunSettings(checkpoint_id="x", num_tunes=2, max_tokens=10, shard_size=2)
@@ -326,7 +326,7 @@ def test_a_billion_laughs_import_fails_fast_in_one_line(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["laughs.pkl"]
 
 
-READ = "import sys\nfrom model.importer import read_folkrnn_pickle\nread_folkrnn_pickle(sys.argv[1])\n"
+READ = "import sys\nfrom folkrnn.model.importer import read_folkrnn_pickle\nread_folkrnn_pickle(sys.argv[1])\n"
 
 
 def test_a_nested_tuple_as_dict_key_is_refused_before_it_is_hashed(tmp_path):

@@ -9,8 +9,8 @@ from fractions import Fraction
 
 import pytest
 
-from schemas import music
-from schemas.music import (
+from folkrnn.schemas import music
+from folkrnn.schemas.music import (
     BAR_EIGHTHS,
     BAR_TICKS,
     BROKEN_RHYTHMS,
@@ -29,7 +29,7 @@ from schemas.music import (
     tuplet_q,
     tuplet_ratio,
 )
-from schemas.vocab import DURATIONS, PITCH_TOKENS, TOKEN_TO_ID, TOKENS, TUPLET_TOKENS, token_class
+from folkrnn.schemas.vocab import DURATIONS, PITCH_TOKENS, TOKEN_TO_ID, TOKENS, TUPLET_TOKENS, token_class
 
 U = TICKS_PER_UNIT
 
@@ -149,7 +149,7 @@ def test_sounding_pitch_reads_unmarked_letters_by_the_signature():
 
 
 def test_mode_scales_give_the_key_signatures_of_c():
-    from transforms.abc.header import Key
+    from folkrnn.transforms.abc.header import Key
 
     signatures = {mode: Key(0, 0, mode).signature() for mode in music.MODE_SCALES}
     assert signatures == {"maj": (0,) * 7, "min": (0, 0, -1, 0, 0, -1, -1), "dor": (0, 0, -1, 0, 0, 0, -1),
@@ -161,10 +161,10 @@ def test_lexer_tokenizer_validator_and_timeline_agree_on_a_tuplet_per_meter():
     """(5 is five in the time of three in compound meters, of two in simple ones: the lexer
     accepts the explicit ratio only where it is the default, the validator and the analysis
     timeline measure the bar by the same rule."""
-    from model.analysis.timing import timeline
-    from transforms.abc.errors import TuneRejected
-    from transforms.abc.tokenize import tokenize_tune
-    from transforms.validator import bar_lengths
+    from folkrnn.model.analysis.timing import timeline
+    from folkrnn.transforms.abc.errors import TuneRejected
+    from folkrnn.transforms.abc.tokenize import tokenize_tune
+    from folkrnn.transforms.validator import bar_lengths
 
     for meter, q in (("6/8", 3), ("2/4", 2)):
         rest = BAR_EIGHTHS[meter] - q
@@ -180,14 +180,14 @@ def test_lexer_tokenizer_validator_and_timeline_agree_on_a_tuplet_per_meter():
 
 @pytest.mark.parametrize("token", sorted(DURATIONS))
 def test_the_validator_measures_durations_by_the_table(token):
-    from transforms.validator import bar_lengths
+    from folkrnn.transforms.validator import bar_lengths
 
     assert bar_lengths(["M:4/4", "K:Cmaj", "c", token, "|"]) == [DURATIONS[token]]
 
 
 @pytest.mark.parametrize("token", sorted(BROKEN_RHYTHMS))
 def test_the_validator_measures_broken_rhythms_by_the_table(token):
-    from transforms.validator import bar_lengths
+    from folkrnn.transforms.validator import bar_lengths
 
     rule = BROKEN_RHYTHMS[token]
     assert bar_lengths(["M:4/4", "K:Cmaj", "c", token, "d", "|"]) == [(rule.fused or 1) * rule.first + rule.second]
@@ -195,8 +195,8 @@ def test_the_validator_measures_broken_rhythms_by_the_table(token):
 
 def test_the_pure_validator_does_not_import_beam():
     code = ("import sys\n"
-            "from transforms.validator import validate_tokens, summarize, bar_lengths, meter_and_mode\n"
-            "from model.analysis.timing import timeline\n"
+            "from folkrnn.transforms.validator import validate_tokens, summarize, bar_lengths, meter_and_mode\n"
+            "from folkrnn.model.analysis.timing import timeline\n"
             "assert validate_tokens('M:4/4 K:Cmaj c 8 |'.split()).valid\n"
             "assert 'apache_beam' not in sys.modules, 'the pure validator imported Beam'\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,8 +206,8 @@ def test_the_pure_validator_does_not_import_beam():
 
 
 def test_callers_still_find_the_validator_where_they_import_it():
-    import transforms.validate as beam_module
-    import transforms.validator as pure
+    import folkrnn.transforms.validate as beam_module
+    import folkrnn.transforms.validator as pure
 
     for name in pure.__all__:
         assert getattr(beam_module, name) is getattr(pure, name), name

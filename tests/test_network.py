@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.network import FolkRNN, ModelConfig, recurrence
-from schemas.vocab import VOCAB_SIZE
+from folkrnn.model.network import FolkRNN, ModelConfig, recurrence
+from folkrnn.schemas.vocab import VOCAB_SIZE
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
-from pipeline import query, stats
-from pipeline.errors import UsageError
+from folkrnn.pipeline import query, stats
+from folkrnn.pipeline.errors import UsageError
 from tests.test_books import run_compile, write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,12 +200,12 @@ def test_cli_prints_one_line_and_exits_2(datasets, tmp_path):
         ((datasets["generated"], "--columns", "number,nope"), "unknown column 'nope'"),
         ((str(tmp_path / "missing"),), "no dataset at"),
     ]:
-        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "query", *argv], cwd=ROOT, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "folkrnn.pipeline.cli", "query", *argv], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
         lines = [line for line in proc.stderr.splitlines() if "apitools" not in line]
         assert len(lines) == 1 and lines[0].startswith("folkrnn query: error: ") and message in lines[0], lines
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "query", datasets["corpus"], "--where",
+    proc = subprocess.run([sys.executable, "-m", "folkrnn.pipeline.cli", "query", datasets["corpus"], "--where",
                            "number = 488", "--columns", "number,volume"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.split("\n")[2].split() == ["488", "5"]

@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
-from pipeline import query, stats
-from schemas.errors import UsageError
+from folkrnn.pipeline import query, stats
+from folkrnn.schemas.errors import UsageError
 from tests.test_books import generated_table, run_compile, write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,7 +189,7 @@ def run_cli(*argv: str, home: str) -> subprocess.CompletedProcess:
     go nowhere, so any attempt to download an extension would show."""
     env = dict(os.environ, HOME=home, http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
                HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "folkrnn.pipeline.cli", *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env=env)
 
 

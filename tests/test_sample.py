@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from model.checkpoint import save_checkpoint
-from model.network import FolkRNN, ModelConfig
-from model.sample import Sampler, counter_uniform, sample_in_order
-from schemas.vocab import END_ID, TOKEN_TO_ID
+from folkrnn.model.checkpoint import save_checkpoint
+from folkrnn.model.network import FolkRNN, ModelConfig
+from folkrnn.model.sample import Sampler, counter_uniform, sample_in_order
+from folkrnn.schemas.vocab import END_ID, TOKEN_TO_ID
 
 
 def random_model(seed: int = 0, layers: int = 2, units: int = 32, scale: float = 0.3) -> FolkRNN:
@@ -118,7 +118,7 @@ def test_cuda_batch_size_does_not_change_tunes():
 
 
 def folkrnn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "folkrnn.pipeline.cli", *args], capture_output=True, text=True,
                           timeout=600)
 
 
@@ -177,7 +177,7 @@ def test_generate_mistakes_are_one_line(checkpoint, tmp_path, flags, message):
 
 
 def test_prime_from_abc_fragment():
-    from pipeline.generate import build_prime
+    from folkrnn.pipeline.generate import build_prime
 
     assert build_prime("6/8", "dor", None) == ["M:6/8", "K:Cdor"]
     assert build_prime(None, None, "|:GAB c2") == ["*", "*", "|:", "G", "A", "B", "c", "2"]

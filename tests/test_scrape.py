@@ -20,8 +20,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.beam.scrape import ScrapeAbc, _FetchHostDoFn
-from transforms.scrape import DEFAULT_USER_AGENT, extract_abc, fetch, host_of, read_url_list
+from folkrnn.pipeline.beam.scrape import ScrapeAbc, _FetchHostDoFn
+from folkrnn.transforms.scrape import DEFAULT_USER_AGENT, extract_abc, fetch, host_of, read_url_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNE = "X:1\nT:The Kesh\nM:6/8\nL:1/8\nK:G\n|:GAG GAB|ABA ABd|edd gdd|edB dBA:|\n"
@@ -285,7 +285,7 @@ def test_fetch_skips_the_proxy_for_no_proxy_hosts(server, monkeypatch):
 
 
 def test_scraping_functions_do_not_import_beam():
-    modules = "transforms.scrape, transforms.scrape.client, transforms.scrape.extract, transforms.scrape.cache"
+    modules = "folkrnn.transforms.scrape, folkrnn.transforms.scrape.client, folkrnn.transforms.scrape.extract, folkrnn.transforms.scrape.cache"
     code = f"import sys, {modules}; assert 'apache_beam' not in sys.modules, 'apache_beam was imported'"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                           capture_output=True, text=True, timeout=60)

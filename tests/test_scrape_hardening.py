@@ -20,10 +20,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import cli
-from pipeline.beam.scrape import ScrapeAbc
-from pipeline.run_ingest import IngestPlan, build_ingest
-from transforms.scrape import BAD_URL_COLLECTION, MAX_REDIRECTS, fetch, host_of
+from folkrnn.pipeline import cli
+from folkrnn.pipeline.beam.scrape import ScrapeAbc
+from folkrnn.pipeline.run_ingest import IngestPlan, build_ingest
+from folkrnn.transforms.scrape import BAD_URL_COLLECTION, MAX_REDIRECTS, fetch, host_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNE = "X:1\nT:The Kesh\nM:6/8\nL:1/8\nK:G\n|:GAG GAB|ABA ABd|edd gdd|edB dBA:|\n|:g2e dBA|GAB AGE:|\n"
@@ -351,7 +351,7 @@ def test_ingest_with_malformed_urls_keeps_the_good_ones_and_counts_add_up(site, 
 def test_bad_scraping_flags_are_one_line_errors(tmp_path, flag, value):
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "ingest", "http://127.0.0.1:9/x.abc", flag, value, "--out", str(out)],
+        [sys.executable, "-m", "folkrnn.pipeline.cli", "ingest", "http://127.0.0.1:9/x.abc", flag, value, "--out", str(out)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 2

@@ -12,9 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import model.train as train_module
-from model.checkpoint import CheckpointError, check_plain, checkpoint_id, load_checkpoint, save_checkpoint
-from model.data import (
+import folkrnn.model.train as train_module
+from folkrnn.model.checkpoint import (
+    CheckpointError,
+    check_plain,
+    checkpoint_id,
+    load_checkpoint,
+    save_checkpoint,
+)
+from folkrnn.model.data import (
     IGNORE,
     TuneSet,
     epoch_batches,
@@ -23,12 +29,12 @@ from model.data import (
     read_folkrnn_text,
     split_by_hash,
 )
-from model.network import FolkRNN, ModelConfig
-from model.train import LasagneRMSprop, TrainConfig, batch_loss, lr_at_epoch, train
-from pipeline import train as train_cli
-from pipeline.errors import UsageError
-from schemas.tables import TUNES
-from schemas.vocab import END_ID, START_ID, TOKENS, encode
+from folkrnn.model.network import FolkRNN, ModelConfig
+from folkrnn.model.train import LasagneRMSprop, TrainConfig, batch_loss, lr_at_epoch, train
+from folkrnn.pipeline import train as train_cli
+from folkrnn.pipeline.errors import UsageError
+from folkrnn.schemas.tables import TUNES
+from folkrnn.schemas.vocab import END_ID, START_ID, TOKENS, encode
 
 TINY = ModelConfig(n_layers=2, n_units=8, dropout=0.5)
 BODY = ["|:", "c", "2", "d", "e", "|", "f", "g", "a", "b", ":|", "A", "B", "/2", "G", "E"]

@@ -6,11 +6,11 @@ body token, while the generated rows said ``maj`` for them: the row took the fir
 
 from __future__ import annotations
 
-from model.generate import RunSettings, tune_row
-from model.sample import SampledTune
-from pipeline.compare import DatasetStats
-from schemas.vocab import TOKEN_TO_ID
-from transforms.validate import meter_and_mode, summarize, validate_tokens
+from folkrnn.model.generate import RunSettings, tune_row
+from folkrnn.model.sample import SampledTune
+from folkrnn.pipeline.compare import DatasetStats
+from folkrnn.schemas.vocab import TOKEN_TO_ID
+from folkrnn.transforms.validate import meter_and_mode, summarize, validate_tokens
 
 # K: only inside the body (as tune 1263 of the demo's 30,000): no mode.
 KEY_IN_BODY = ["M:4/4", "|:", "c", "d", "e", "f", "K:Cmaj", "g", "a", "b", "c'", ":|"]

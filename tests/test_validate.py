@@ -17,8 +17,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.vocab import METER_TOKENS, MODE_TOKENS, TOKENS
-from transforms.validate import (
+from folkrnn.schemas.vocab import METER_TOKENS, MODE_TOKENS, TOKENS
+from folkrnn.transforms.validate import (
     BEAM_COLUMNS,
     REASON_CODES,
     Findings,

@@ -14,14 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import compare, validate
-from pipeline.errors import UsageError
-from schemas.tables import FINDINGS, GENERATED, TUNES, VALIDATED
-from schemas.vocab import encode
-from transforms.abc.tokenize import detokenize
-from transforms.ingest import process_record
-from transforms.records import RawTune
-from transforms.validate import validate_tokens
+from folkrnn.pipeline import compare, validate
+from folkrnn.pipeline.errors import UsageError
+from folkrnn.schemas.tables import FINDINGS, GENERATED, TUNES, VALIDATED
+from folkrnn.schemas.vocab import encode
+from folkrnn.transforms.abc.tokenize import detokenize
+from folkrnn.transforms.ingest import process_record
+from folkrnn.transforms.records import RawTune
+from folkrnn.transforms.validate import validate_tokens
 
 REEL = ("M:4/4 K:Cmaj |: c 2 e c g c e c | d 2 f d a d f d | c 2 e c g c e c | B G A B c 4 :| "
         "|: g 2 e g c' g e g | f 2 d f a f d f | g 2 e g c' g e g | f d B d c 4 :|")
@@ -195,8 +195,8 @@ def test_validate_rejects_zero_workers(generated: str) -> None:
 
 # Runs the real command line; registers the two commands in the child process only, so the
 # test holds before and after pipeline/cli.py lists them.
-CLI = ("import sys; from pipeline import cli; cli.COMMANDS.setdefault('validate', 'pipeline.validate'); "
-       "cli.COMMANDS.setdefault('compare', 'pipeline.compare'); sys.exit(cli.main(sys.argv[1:]))")
+CLI = ("import sys; from folkrnn.pipeline import cli; cli.COMMANDS.setdefault('validate', 'folkrnn.pipeline.validate'); "
+       "cli.COMMANDS.setdefault('compare', 'folkrnn.pipeline.compare'); sys.exit(cli.main(sys.argv[1:]))")
 
 
 def folkrnn(*argv: str) -> subprocess.CompletedProcess:

@@ -40,14 +40,22 @@ from unittest import mock
 
 import pytest
 
-from schemas.vocab import BAR_TOKENS, BROKEN_TOKENS, CHORD_CLOSE, CHORD_OPEN, METERS, PITCH_TOKENS, REST
-from transforms.abc.header import default_unit_length, parse_meter, parse_unit_length
-from transforms.abc.lexer import Bar, Chord, Note, Rest, lex_body
-from transforms.abc.tokenize import detokenize, split_header
-from transforms.ingest import process_record
-from transforms.records import RawTune
-from transforms.sources import music21_abc_paths, tunes_of_document
-from transforms.validate import bar_lengths, validate_tokens
+from folkrnn.schemas.vocab import (
+    BAR_TOKENS,
+    BROKEN_TOKENS,
+    CHORD_CLOSE,
+    CHORD_OPEN,
+    METERS,
+    PITCH_TOKENS,
+    REST,
+)
+from folkrnn.transforms.abc.header import default_unit_length, parse_meter, parse_unit_length
+from folkrnn.transforms.abc.lexer import Bar, Chord, Note, Rest, lex_body
+from folkrnn.transforms.abc.tokenize import detokenize, split_header
+from folkrnn.transforms.ingest import process_record
+from folkrnn.transforms.records import RawTune
+from folkrnn.transforms.sources import music21_abc_paths, tunes_of_document
+from folkrnn.transforms.validate import bar_lengths, validate_tokens
 
 FOLK = ("oneills1850", "ryansMammoth", "airdsAirs")
 ESSEN = "essenFolksong"

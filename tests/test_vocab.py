@@ -1,6 +1,6 @@
 from fractions import Fraction
 
-from schemas import vocab
+from folkrnn.schemas import vocab
 
 # The folk-rnn v2 vocabulary as published with the model (seed article), in index order.
 PUBLISHED = [

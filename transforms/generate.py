@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from model.generate import RunSettings, generate_shards, load_sampler, shard_done, shard_path
+from folkrnn.model.generate import RunSettings, generate_shards, load_sampler, shard_done, shard_path
 
 
 class _GenerateShard(beam.DoFn):

@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from schemas.files import atomic_write
-from schemas.tables import FINDINGS
-from schemas.vocab import METER_TOKENS, MODE_TOKENS, TOKEN_TO_ID
-from transforms.abc.errors import TuneRejected
-from transforms.abc.tokenize import Tokenized, tokenize_tune
-from transforms.records import RawTune, reject_row
-from transforms.validate import validate_tokens
+from folkrnn.schemas.files import atomic_write
+from folkrnn.schemas.tables import FINDINGS
+from folkrnn.schemas.vocab import METER_TOKENS, MODE_TOKENS, TOKEN_TO_ID
+from folkrnn.transforms.abc.errors import TuneRejected
+from folkrnn.transforms.abc.tokenize import Tokenized, tokenize_tune
+from folkrnn.transforms.records import RawTune, reject_row
+from folkrnn.transforms.validate import validate_tokens
 
 REJECTS = "rejects"
 DUPLICATES = "duplicates"
@@ -84,7 +84,7 @@ def tokenize_record(raw: RawTune, valid_fraction: float = 0.05) -> dict:
 
 
 def findings_columns(tokens: list[str], truncated: bool = False) -> dict:
-    """The validator's verdict as the FINDINGS columns of schemas.tables."""
+    """The validator's verdict as the FINDINGS columns of folkrnn.schemas.tables."""
     row = validate_tokens(tokens, truncated=truncated).as_row()
     return {f.name: row[f.name] for f in FINDINGS}
 
@@ -140,7 +140,7 @@ class IngestTunes(beam.PTransform):
     """RawTune records -> {"tunes": tune rows, "duplicates": duplicate rows, "rejects": reject rows}.
 
     Each record is cleaned, its key and meter mapped onto the vocabulary, transposed to C and
-    tokenized (schemas.tables.TUNES rows). A record that cannot be is a reject row with a reason;
+    tokenized (folkrnn.schemas.tables.TUNES rows). A record that cannot be is a reject row with a reason;
     tunes with the same token sequence are kept once and the rest are duplicate rows. Every input
     record leaves as exactly one row of the three outputs.
     """

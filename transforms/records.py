@@ -53,7 +53,7 @@ def looks_binary(data: bytes) -> bool:
 def reject_row(
     *, collection: str, source: str, position: int, stage: str, reason: str, detail: str, raw: str = ""
 ) -> dict:
-    """A row of the rejects table (schemas.tables.REJECTS)."""
+    """A row of the rejects table (folkrnn.schemas.tables.REJECTS)."""
     return {
         "id": record_id(collection, source, position),
         "source": source,

@@ -1,6 +1,6 @@
 """Sources of the ingest: each a Beam transform that yields raw tune records.
 
-Every source emits ``RawTune`` records on its main output and reject rows (schemas.tables.REJECTS)
+Every source emits ``RawTune`` records on its main output and reject rows (folkrnn.schemas.tables.REJECTS)
 on the tagged output ``rejects``, so a file that cannot be read is counted, never lost; one bad
 record (a row nested too deep, a CSV field too long) is a reject row and the others go on.
 Local paths are canonical (``realpath``), so a file given twice or spelt two ways is read once and
@@ -20,8 +20,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.abc.split import looks_like_folkrnn_text, read_folkrnn_text, split_abc
-from transforms.records import RawTune, decode_text, looks_binary, reject_row
+from folkrnn.transforms.abc.split import looks_like_folkrnn_text, read_folkrnn_text, split_abc
+from folkrnn.transforms.records import RawTune, decode_text, looks_binary, reject_row
 
 REJECTS = "rejects"
 REPEATED = "repeated"  # a file named more than once: its path, once per extra naming

@@ -13,9 +13,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import validator
-from transforms.validator import *  # noqa: F403 (the pure validator's public names, importable from here too)
-from transforms.validator import BEAM_COLUMNS, Findings, validate_tokens
+from folkrnn.transforms import validator
+from folkrnn.transforms.validator import *  # noqa: F403 (the pure validator's public names, importable from here too)
+from folkrnn.transforms.validator import BEAM_COLUMNS, Findings, validate_tokens
 
 __all__ = [*validator.__all__, "ValidateTunes"]
 

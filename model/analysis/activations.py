@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.analysis.common import Context, Figure, Section, code, pct, pyplot
-from schemas.vocab import BAR_TOKENS, END_ID, START, TOKEN_TO_ID
+from folkrnn.model.analysis.common import Context, Figure, Section, code, pct, pyplot
+from folkrnn.schemas.vocab import BAR_TOKENS, END_ID, START, TOKEN_TO_ID
 
 SPARSE_BELOW = 0.1  # |h| under this counts as silent
 

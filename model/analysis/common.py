@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from schemas.vocab import DURATIONS, TOKEN_CLASSES, TOKENS
+from folkrnn.schemas.vocab import DURATIONS, TOKEN_CLASSES, TOKENS
 
 PARTS: tuple[str, ...] = ("parameters", "tokens", "activations", "counting", "nudging", "copying")
 BAR_REASONS = frozenset({"bar_too_long", "bar_too_short"})
@@ -88,7 +88,7 @@ class Generated:
     numbers: list[int]
     tokens: list[list[str]]
     truncated: list[bool]
-    findings: list  # transforms.validate.Findings
+    findings: list  # folkrnn.transforms.validate.Findings
 
     def rates(self) -> dict[str, float]:
         n = max(len(self.tokens), 1)
@@ -114,8 +114,8 @@ def bar_valid(findings) -> bool:
 
 def generate(model, settings: AnalysisSettings, num_tunes: int | None = None) -> Generated:
     """Tunes 1..N of ``model`` with the batched sampler, validated."""
-    from model.sample import Sampler, sample_in_order
-    from transforms.validate import validate_tokens
+    from folkrnn.model.sample import Sampler, sample_in_order
+    from folkrnn.transforms.validate import validate_tokens
 
     numbers = list(range(1, (num_tunes or settings.num_tunes) + 1))
     sampler = Sampler(model, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[settings.dtype])
@@ -190,7 +190,7 @@ def pyplot():
 
 def pitch_sort_key(token: str) -> tuple[int, int, str]:
     """Low to high; at one height flat, then natural or unmarked, then sharp."""
-    from transforms.validate import pitch_height
+    from folkrnn.transforms.validate import pitch_height
 
     return pitch_height(token), "_=^".find(token[0]) if token[0] in "_=^" else 1, token
 
@@ -215,7 +215,7 @@ def display_order() -> list[str]:
 
 def class_spans(order: list[str]) -> list[tuple[str, int, int]]:
     """(class, first index, last index + 1) of each class run in ``order``."""
-    from schemas.vocab import token_class
+    from folkrnn.schemas.vocab import token_class
 
     spans: list[tuple[str, int, int]] = []
     for i, token in enumerate(order):

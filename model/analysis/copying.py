@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.analysis.common import Context, Figure, Section, code, pct, pyplot
-from schemas.vocab import BAR_TOKENS, METER_TOKENS, MODE_TOKENS, SPECIAL_TOKENS, TOKEN_TO_ID
+from folkrnn.model.analysis.common import Context, Figure, Section, code, pct, pyplot
+from folkrnn.schemas.vocab import BAR_TOKENS, METER_TOKENS, MODE_TOKENS, SPECIAL_TOKENS, TOKEN_TO_ID
 
 SEPARATOR = -1  # between corpus sequences; never in a query
 UNKNOWN = -2  # a query element the corpus does not have

@@ -16,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.analysis.activations import analysis_tune, encode_batch, run_states
-from model.analysis.common import Context, Figure, Section, generate, model_copy, pct, pyplot
-from model.analysis.timing import bar_length, timeline
-from schemas.vocab import BAR_TOKENS, TOKEN_TO_ID
+from folkrnn.model.analysis.activations import analysis_tune, encode_batch, run_states
+from folkrnn.model.analysis.common import Context, Figure, Section, generate, model_copy, pct, pyplot
+from folkrnn.model.analysis.timing import bar_length, timeline
+from folkrnn.schemas.vocab import BAR_TOKENS, TOKEN_TO_ID
 
 GRID = 0.5  # eighths per sample of the musical-time grid (a sixteenth)
 MIN_BARS = 4  # shorter tunes have too coarse a spectrum to say anything about one cycle per bar

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from model.analysis.common import (
+from folkrnn.model.analysis.common import (
     Context,
     Figure,
     Generated,
@@ -19,8 +19,8 @@ from model.analysis.common import (
     pct,
     pyplot,
 )
-from schemas.errors import UsageError
-from schemas.vocab import TOKEN_CLASSES, TOKEN_TO_ID
+from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.vocab import TOKEN_CLASSES, TOKEN_TO_ID
 
 METRICS = ("valid_rate", "bar_valid_rate", "standard_form_rate", "mean_length", "target_share")
 LABELS = {"valid_rate": "valid", "bar_valid_rate": "bar-valid", "standard_form_rate": "AABB, 8 + 8",

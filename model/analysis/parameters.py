@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.analysis.common import Context, Figure, Section, class_spans, code, display_order, pyplot
-from schemas.vocab import TOKEN_TO_ID, TOKENS
+from folkrnn.model.analysis.common import Context, Figure, Section, class_spans, code, display_order, pyplot
+from folkrnn.schemas.vocab import TOKEN_TO_ID, TOKENS
 
 GATES = ("i", "f", "g", "o")  # torch order; g is the cell input (Lasagne's "c" gate)
 GATE_NAMES = {"i": "input gate", "f": "forget gate", "g": "cell input", "o": "output gate"}

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 
-from model.analysis.common import PARTS, AnalysisSettings, Context, Numbers, Section
-from model.analysis.copying import MissingCorpus
+from folkrnn.model.analysis.common import PARTS, AnalysisSettings, Context, Numbers, Section
+from folkrnn.model.analysis.copying import MissingCorpus
 
-MODULES = {part: f"model.analysis.{part}" for part in PARTS}
+MODULES = {part: f"folkrnn.model.analysis.{part}" for part in PARTS}
 
 
 def run_analysis(model, out_dir: str, parts: tuple[str, ...] = PARTS, settings: AnalysisSettings | None = None,

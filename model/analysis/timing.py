@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from schemas.music import COMPOUND_METERS, TOKEN_KIND, bar_eighths, eighths
-from transforms.validator.scan import index_of_end, parse_header, scan_body
+from folkrnn.schemas.music import COMPOUND_METERS, TOKEN_KIND, bar_eighths, eighths
+from folkrnn.transforms.validator.scan import index_of_end, parse_header, scan_body
 
 ZERO = Fraction(0)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.analysis.common import (
+from folkrnn.model.analysis.common import (
     Context,
     Figure,
     Section,
@@ -22,8 +22,8 @@ from model.analysis.common import (
     pitch_sort_key,
     pyplot,
 )
-from schemas.music import PITCH_ALTERATION, PITCH_LETTER, sounding_pitch
-from schemas.vocab import PITCH_TOKENS, TOKEN_TO_ID, TOKENS
+from folkrnn.schemas.music import PITCH_ALTERATION, PITCH_LETTER, sounding_pitch
+from folkrnn.schemas.vocab import PITCH_TOKENS, TOKEN_TO_ID, TOKENS
 
 
 def enharmonic_pairs(unmarked_in_c_major: bool = False) -> list[tuple[str, str]]:

@@ -3,7 +3,7 @@ fetched sequentially, with a delay between requests) and follows pages' ``.abc``
 
 A thin wrapper over ``transforms.scrape`` (fetching, the response cache, finding ABC): here are
 only the grouping by host, the politeness delay, the reject rows and the ``scrape`` counters.
-Every failure is a row of the rejects table (``schemas.tables.REJECTS``) with stage ``fetch``.
+Every failure is a row of the rejects table (``folkrnn.schemas.tables.REJECTS``) with stage ``fetch``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from transforms.records import decode_text, looks_binary, reject_row
-from transforms.scrape import (
+from folkrnn.transforms.records import decode_text, looks_binary, reject_row
+from folkrnn.transforms.scrape import (
     DEFAULT_TIMEOUT,
     DEFAULT_USER_AGENT,
     FetchResult,
@@ -208,7 +208,7 @@ class ScrapeAbc(beam.PTransform):
       ABC ``<pre>`` blocks (or its ABC-bearing text) joined by blank lines, and ``final_url`` is
       where the body came from after redirects (``source`` stays the URL asked for, so ids and
       the cache key do not move when a site reshuffles; the cache sidecar keeps ``final_url``);
-    * ``rejects``: rows of ``schemas.tables.REJECTS`` with stage ``"fetch"`` and reason
+    * ``rejects``: rows of ``folkrnn.schemas.tables.REJECTS`` with stage ``"fetch"`` and reason
       ``http_<status>``, ``timeout``, ``truncated``, ``connection_error``, ``redirect_refused``
       (a redirect to anything but http(s)), ``redirect_offsite`` (to another host or port,
       without ``follow_offsite``), ``too_many_redirects``, ``not_abc``, ``binary``, ``bad_url``,

@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from schemas.music import BAR_EIGHTHS, EIGHTH, LETTER_SEMITONES, LETTERS, MODE_SCALES
-from schemas.vocab import METERS
-from transforms.abc.errors import TuneRejected
+from folkrnn.schemas.music import BAR_EIGHTHS, EIGHTH, LETTER_SEMITONES, LETTERS, MODE_SCALES
+from folkrnn.schemas.vocab import METERS
+from folkrnn.transforms.abc.errors import TuneRejected
 
 # ABC 2.1 mode names: only the first three letters count, case-insensitively.
 MODE_NAMES = {
@@ -84,7 +84,7 @@ def parse_key(value: str) -> Key:
 
 @dataclass(frozen=True)
 class Meter:
-    token_meter: str  # one of schemas.vocab.METERS
+    token_meter: str  # one of folkrnn.schemas.vocab.METERS
     written: str  # as the tune wrote it
     mapped: bool  # True when C| or 2/2 became 4/4
 

@@ -13,10 +13,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from schemas.music import ACCIDENTALS, BAR_EIGHTHS, COMPOUND_METERS, EIGHTH, LETTERS, tuplet_q, tuplet_ratio
-from schemas.vocab import TUPLET_TOKENS
-from transforms.abc.errors import TuneRejected
-from transforms.abc.header import parse_key, parse_meter, parse_unit_length
+from folkrnn.schemas.music import (
+    ACCIDENTALS,
+    BAR_EIGHTHS,
+    COMPOUND_METERS,
+    EIGHTH,
+    LETTERS,
+    tuplet_q,
+    tuplet_ratio,
+)
+from folkrnn.schemas.vocab import TUPLET_TOKENS
+from folkrnn.transforms.abc.errors import TuneRejected
+from folkrnn.transforms.abc.header import parse_key, parse_meter, parse_unit_length
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from schemas.vocab import MODE_TOKENS, TOKEN_TO_ID
+from folkrnn.schemas.vocab import MODE_TOKENS, TOKEN_TO_ID
 
 _FIELD_LINE = re.compile(r"^[A-Za-z]:")
 _BLANK_SPLIT = re.compile(r"\n[ \t]*\n")

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from schemas.music import (
+from folkrnn.schemas.music import (
     BROKEN_RHYTHMS,
     COMPOUND_METERS,
     EIGHTH,
@@ -29,7 +29,7 @@ from schemas.music import (
     pitch_text,
     tuplet_ratio,
 )
-from schemas.vocab import (
+from folkrnn.schemas.vocab import (
     BAR_TOKENS,
     BROKEN_TOKENS,
     DURATION_OF_LENGTH,
@@ -37,15 +37,15 @@ from schemas.vocab import (
     PITCH_TOKENS,
     TUPLET_TOKENS,
 )
-from transforms.abc.errors import TuneRejected
-from transforms.abc.header import (
+from folkrnn.transforms.abc.errors import TuneRejected
+from folkrnn.transforms.abc.header import (
     Key,
     default_unit_length,
     parse_key,
     parse_meter,
     parse_unit_length,
 )
-from transforms.abc.lexer import Bar, Body, Broken, Chord, Note, Rest, Tuplet, lex_body
+from folkrnn.transforms.abc.lexer import Bar, Body, Broken, Chord, Note, Rest, Tuplet, lex_body
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Scraping ABC tunes over HTTP(S): plain ``.abc`` files and HTML pages that show or link to ABC.
 
-Pure functions, no Beam (``pipeline.beam.scrape.ScrapeAbc`` runs them on a runner):
+Pure functions, no Beam (``folkrnn.pipeline.beam.scrape.ScrapeAbc`` runs them on a runner):
 
 * ``client``: ``fetch``, a polite GET with retries, a wall-clock deadline per attempt,
   redirects followed only to http(s) on the same host, and ``cache``, an on-disk cache of
@@ -9,8 +9,8 @@ Pure functions, no Beam (``pipeline.beam.scrape.ScrapeAbc`` runs them on a runne
 * ``urls``: ``host_of``, ``url_problem`` and ``read_url_list``.
 """
 
-from transforms.scrape.cache import CACHE_FORMAT
-from transforms.scrape.client import (
+from folkrnn.transforms.scrape.cache import CACHE_FORMAT
+from folkrnn.transforms.scrape.client import (
     DEFAULT_TIMEOUT,
     DEFAULT_USER_AGENT,
     MAX_BODY_BYTES,
@@ -19,8 +19,8 @@ from transforms.scrape.client import (
     FetchResult,
     fetch,
 )
-from transforms.scrape.extract import extract_abc, media_type
-from transforms.scrape.urls import BAD_URL_COLLECTION, host_of, read_url_list, url_problem
+from folkrnn.transforms.scrape.extract import extract_abc, media_type
+from folkrnn.transforms.scrape.urls import BAD_URL_COLLECTION, host_of, read_url_list, url_problem
 
 __all__ = [
     "BAD_URL_COLLECTION", "CACHE_FORMAT", "DEFAULT_TIMEOUT", "DEFAULT_USER_AGENT", "MAX_BODY_BYTES",

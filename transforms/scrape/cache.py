@@ -11,7 +11,7 @@ import json
 import os
 from datetime import datetime, timezone
 
-from schemas.files import atomic_write
+from folkrnn.schemas.files import atomic_write
 
 # Bumped when what a cache entry promises changes. Format 2: bodies are complete (never cut short
 # by a timeout or a closed connection) and came from the URL's own host unless --follow-offsite.

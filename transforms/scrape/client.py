@@ -35,8 +35,8 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.response import BaseHTTPResponse
 from urllib3.util import Retry, parse_url
 
-from transforms.scrape import cache
-from transforms.scrape.urls import host_of, url_problem
+from folkrnn.transforms.scrape import cache
+from folkrnn.transforms.scrape.urls import host_of, url_problem
 
 DEFAULT_USER_AGENT = "folkrnn/0.1 (+https://github.com/folkrnn/folkrnn; ABC tune ingest)"
 # Seconds one attempt may take in all: connect, redirects, headers and body (``--timeout``).

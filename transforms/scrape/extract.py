@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from html.parser import HTMLParser
 from urllib.parse import urldefrag, urljoin, urlsplit
 
-from transforms.records import decode_text, looks_binary
+from folkrnn.transforms.records import decode_text, looks_binary
 
 ABC_MEDIA_TYPES = {"text/vnd.abc", "text/x-abc", "text/plain"}
 HTML_MEDIA_TYPES = {"text/html", "application/xhtml+xml"}

@@ -13,17 +13,17 @@ The music itself (durations, broken rhythms, tuplets, bar lengths, pitch heights
 ``schemas.music``'s.
 """
 
-from schemas.music import TICKS_PER_UNIT, pitch_height
-from transforms.validator.check import bar_lengths, validate_tokens
-from transforms.validator.findings import (
+from folkrnn.schemas.music import TICKS_PER_UNIT, pitch_height
+from folkrnn.transforms.validator.check import bar_lengths, validate_tokens
+from folkrnn.transforms.validator.findings import (
     BEAM_COLUMNS,
     REASON_CODES,
     REASON_DESCRIPTIONS,
     STRUCTURE_CODES,
     Findings,
 )
-from transforms.validator.scan import meter_and_mode
-from transforms.validator.summary import SummaryTally, format_summary, summarize
+from folkrnn.transforms.validator.scan import meter_and_mode
+from folkrnn.transforms.validator.summary import SummaryTally, format_summary, summarize
 
 __all__ = [
     "BEAM_COLUMNS", "REASON_CODES", "REASON_DESCRIPTIONS", "STRUCTURE_CODES", "TICKS_PER_UNIT", "Findings",

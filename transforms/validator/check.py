@@ -5,7 +5,7 @@ output, an empty list, unknown strings) gets a verdict, a ``Findings``. A tune i
 its header, its bar lengths and its repeat structure are all right; every failure is a
 problem record (a reason code from ``REASON_CODES``, where it is, and a message).
 
-A tonic is a C of any octave with no accidental or a natural sign (``schemas.music.TONIC_TOKENS``);
+A tonic is a C of any octave with no accidental or a natural sign (``folkrnn.schemas.music.TONIC_TOKENS``);
 accidentals are read per token: an earlier ``^c`` in the bar is not carried over to a later ``c``.
 """
 
@@ -14,11 +14,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fractions import Fraction
 
-from schemas.music import BAR_TICKS, COMPOUND_METERS, TONIC_TOKENS, eighths
-from transforms.validator.findings import STRUCTURE_CODES, Findings, Problem
-from transforms.validator.findings import problem as _problem
-from transforms.validator.scan import Scan, index_of_end, parse_header, scan_body
-from transforms.validator.structure import Structure, classify_bars, find_lead_ins, split_at_plain_bars
+from folkrnn.schemas.music import BAR_TICKS, COMPOUND_METERS, TONIC_TOKENS, eighths
+from folkrnn.transforms.validator.findings import STRUCTURE_CODES, Findings, Problem
+from folkrnn.transforms.validator.findings import problem as _problem
+from folkrnn.transforms.validator.scan import Scan, index_of_end, parse_header, scan_body
+from folkrnn.transforms.validator.structure import (
+    Structure,
+    classify_bars,
+    find_lead_ins,
+    split_at_plain_bars,
+)
 
 
 def bar_lengths(tokens: Sequence[str]) -> list[Fraction]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from schemas.music import (
+from folkrnn.schemas.music import (
     BROKEN_RHYTHMS,
     DURATIONS,
     PITCH_HEIGHT,
@@ -32,12 +32,12 @@ from schemas.music import (
     TUPLET_NOTES,
     tuplet_q,
 )
-from schemas.vocab import END, METER_TOKENS, MODE_TOKENS, START
-from transforms.validator.findings import problem as _problem
+from folkrnn.schemas.vocab import END, METER_TOKENS, MODE_TOKENS, START
+from folkrnn.transforms.validator.findings import problem as _problem
 
 U = TICKS_PER_UNIT
 
-# --- Dispatch tables, built once from schemas.music ----------------------------------------------
+# --- Dispatch tables, built once from folkrnn.schemas.music ----------------------------------------------
 # Small ints for the token kinds: the scanner dispatches on them in its hot loop.
 _PITCH, _DUR, _BAR, _REST, _OPEN, _CLOSE, _TUPLET, _BROKEN, _META, _START, _END, _EOT = range(12)
 _EOT_SENTINEL = object()  # appended to the body so the end of the tune is just another token

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.vocab import BAR_TOKENS
-from transforms.validator.findings import problem as _problem
-from transforms.validator.scan import Scan
+from folkrnn.schemas.vocab import BAR_TOKENS
+from folkrnn.transforms.validator.findings import problem as _problem
+from folkrnn.transforms.validator.scan import Scan
 
 # --- Sections and repeats ------------------------------------------------------------------------
 _BODY, _E1, _E1_DONE, _E2 = range(4)  # where a section is: body, first ending, after its :|, second
@@ -187,7 +187,7 @@ class Structure:
 
 _BAR_ACTION = {"|": "bar", ":|": "end_repeat", "|1": "first_ending", "|2": "second_ending",
                "|:": "start_repeat"}
-assert set(_BAR_ACTION) == BAR_TOKENS, "bar-line table out of step with schemas.vocab"
+assert set(_BAR_ACTION) == BAR_TOKENS, "bar-line table out of step with folkrnn.schemas.vocab"
 
 
 # --- Bar lengths ---------------------------------------------------------------------------------

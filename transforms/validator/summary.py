@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from transforms.validator.findings import REASON_DESCRIPTIONS, Findings
+from folkrnn.transforms.validator.findings import REASON_DESCRIPTIONS, Findings
 
 
 class SummaryTally:
