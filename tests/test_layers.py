@@ -1,0 +1,72 @@
+"""The package's layers only look down: schemas <- transforms <- model <- pipeline.
+
+Every import in every module (at the top or inside a function) is read with ``ast``; an import of
+a higher layer fails the test, and so does any import of Apache Beam below ``pipeline/`` (the Beam
+wrappers live in ``pipeline/beam/``; pure code stays importable, and fast, without Beam).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYERS = ("schemas", "transforms", "model", "pipeline")  # each may import only those before it
+BEAM_FREE = ("schemas", "transforms", "model")
+GENERIC = set(LAYERS)  # never imported without the folkrnn. prefix
+
+
+def modules() -> list[tuple[str, str]]:
+    """(layer, path) of every Python file of the package."""
+    found = []
+    for layer in LAYERS:
+        for dirpath, dirnames, files in os.walk(os.path.join(ROOT, layer)):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            found += [(layer, os.path.join(dirpath, f)) for f in sorted(files) if f.endswith(".py")]
+    return found
+
+
+def imported_names(path: str) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import statement in the file."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative imports would hide the layer; the package uses none
+                names.append((node.lineno, "." * node.level + (node.module or "")))
+            else:
+                names.append((node.lineno, node.module or ""))
+    return names
+
+
+def test_the_walk_sees_the_whole_package():
+    layers = {layer for layer, _ in modules()}
+    assert layers == set(LAYERS) and len(modules()) > 50
+
+
+@pytest.mark.parametrize("layer, path", modules(), ids=lambda v: os.path.relpath(v, ROOT) if "/" in str(v) else v)
+def test_imports_only_look_down(layer: str, path: str):
+    allowed = set(LAYERS[: LAYERS.index(layer) + 1])
+    wrong = []
+    for line, name in imported_names(path):
+        top = name.split(".")
+        if name.startswith("."):
+            wrong.append(f"line {line}: relative import {name} (write folkrnn.<layer>...)")
+        elif top[0] in GENERIC:
+            wrong.append(f"line {line}: {name} without the folkrnn. prefix")
+        elif top[0] == "folkrnn" and len(top) > 1 and top[1] not in allowed:
+            wrong.append(f"line {line}: {name} is in a higher layer than {layer}")
+        elif top[0] == "apache_beam" and layer in BEAM_FREE:
+            wrong.append(f"line {line}: {name} (Beam belongs in pipeline/beam/)")
+    assert not wrong, f"{os.path.relpath(path, ROOT)}: " + "; ".join(wrong)
+
+
+def test_a_violation_is_caught(tmp_path):
+    """The checker itself: an upward import and a Beam import in a lower layer are both seen."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from folkrnn.pipeline.errors import UsageError\n    import apache_beam as beam\n")
+    assert imported_names(str(bad)) == [(2, "folkrnn.pipeline.errors"), (3, "apache_beam")]
