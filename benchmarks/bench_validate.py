@@ -1,4 +1,4 @@
-"""Speed of the pure tune validator (folkrnn.transforms.validate.validate_tokens) on one core.
+"""Speed of the pure tune validator (folkrnn.transforms.validator.validate_tokens) on one core.
 
 The tunes are made here from hand-written bar rhythms and forms (reels, jigs with pickups and
 endings, waltzes, airs whose double bar splits a bar, hornpipes with tuplets and broken
@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 
-from folkrnn.transforms.validate import validate_tokens
+from folkrnn.transforms.validator import validate_tokens
 
 TARGET_TUNES_PER_S = 5000
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+from folkrnn.schemas import files
 from folkrnn.schemas.tables import GENERATED
 from folkrnn.schemas.vocab import TOKEN_TO_ID
 
@@ -79,16 +80,14 @@ def package_versions() -> dict:
 
 
 def shard_path(out: str, index: int) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.join(out, SHARDS_DIR, f"part-{index:05d}.parquet")
+    return files.join(out, SHARDS_DIR, f"part-{index:05d}.parquet")
 
 
 def tune_row(tune, settings: RunSettings) -> dict:
     """A GENERATED row for one sampled tune."""
     from folkrnn.transforms.abc.tokenize import detokenize
     from folkrnn.transforms.titles import title_for
-    from folkrnn.transforms.validate import meter_and_mode
+    from folkrnn.transforms.validator import meter_and_mode
 
     tokens = tune.tokens
     meter, mode = meter_and_mode(tokens)
@@ -112,21 +111,13 @@ def tune_row(tune, settings: RunSettings) -> dict:
 
 def write_shard(path: str, rows: list[dict]) -> None:
     """Rows sorted by number, written to a temporary name and renamed: never half a shard."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from folkrnn.transforms.ingest import write_parquet_atomic
-
-    directory = FileSystems.split(path)[0]
-    if not FileSystems.exists(directory):
-        FileSystems.mkdirs(directory)
+    files.makedirs(path.rsplit("/", 1)[0])
     table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["number"]), schema=GENERATED)
-    write_parquet_atomic(path, table)
+    files.write_parquet(path, table)
 
 
 def shard_done(path: str) -> bool:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.exists(path)
+    return files.exists(path)
 
 
 def dtype_of(name: str):
@@ -148,12 +139,10 @@ def local_checkpoint(path: str) -> str:
     copy is the caller's to remove."""
     if "://" not in path:
         return path
-    from apache_beam.io.filesystems import FileSystems
-
     handle, local = tempfile.mkstemp(suffix=".pt")
     try:
-        with os.fdopen(handle, "wb") as out, FileSystems.open(path) as src:
-            out.write(src.read())
+        with os.fdopen(handle, "wb") as out:
+            out.write(files.read_bytes(path))
     except BaseException:
         os.unlink(local)
         raise

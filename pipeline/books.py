@@ -421,11 +421,11 @@ def with_findings(table: pa.Table) -> pa.Table:
     """``table`` (GENERATED columns) with the validator's findings columns, as VALIDATED.
 
     Findings already present are kept; when any findings column is missing, all are computed
-    with ``folkrnn.transforms.validate.validate_tokens`` from the tokens and the truncated flag.
+    with ``folkrnn.transforms.validator.validate_tokens`` from the tokens and the truncated flag.
     """
     if all(name in table.schema.names for name in FINDINGS_NAMES):
         return table.select(VALIDATED.names).cast(VALIDATED)
-    from folkrnn.transforms.validate import validate_tokens  # heavy (imports Beam): only when needed
+    from folkrnn.transforms.validator import validate_tokens  # heavy (imports Beam): only when needed
 
     tokens = table.column("tokens").to_pylist()
     truncated = table.column("truncated").to_pylist()

@@ -64,7 +64,7 @@ class DatasetStats:
     durations: Counter = field(default_factory=Counter)
 
     def add(self, tokens: list[str], findings: dict) -> None:
-        from folkrnn.transforms.validate import meter_and_mode
+        from folkrnn.transforms.validator import meter_and_mode
 
         self.tunes += 1
         self.valid += bool(findings["valid"])
@@ -149,7 +149,7 @@ def collect(dataset: str, name: str, revalidate: bool = False, quiet: bool = Tru
     from tqdm import tqdm
 
     from folkrnn.pipeline.validate import find_shards
-    from folkrnn.transforms.validate import validate_tokens
+    from folkrnn.transforms.validator import validate_tokens
 
     stats = DatasetStats(name)
     for path in tqdm(find_shards(dataset), unit=" shards", desc=f"read {name}", disable=quiet):
@@ -281,7 +281,7 @@ def _bars(ax: Any, keys: list[str], xs: list[float], ys: list[float], a: dict, b
 
 
 def _pitch_order(token: str) -> int:
-    from folkrnn.transforms.validate import pitch_height
+    from folkrnn.transforms.validator import pitch_height
 
     height = pitch_height(token)
     return height if height is not None else 999

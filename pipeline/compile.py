@@ -19,7 +19,6 @@ ghostscript die with the run, even with kill -9 (Linux: ``books.die_with_parent`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import hashlib
 import os
@@ -27,9 +26,9 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 
 from folkrnn.pipeline.errors import UsageError, describe_os_error
+from folkrnn.schemas.files import folder_lock
 
 HELP = "Compile generated tunes into numbered volumes (ABC, typeset PDF with contents, MIDI) and a corpus"
 CODE_FILES = ("pipeline/books.py", "transforms/abc/tokenize.py", "transforms/titles.py")
@@ -166,31 +165,6 @@ def remove_stale(out_dir: str, jobs: list) -> None:
             shutil.rmtree(path)
 
 
-@contextlib.contextmanager
-def output_lock(out_dir: str) -> Iterator[None]:
-    """Hold an exclusive lock on the ``--out`` folder (made if missing) for the block.
-
-    A lock on the folder itself (flock of its descriptor), so no lock file is left behind; the
-    kernel drops it when the process ends, kill -9 included. Without fcntl (not POSIX) no lock.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    os.makedirs(out_dir, exist_ok=True)
-    fd = os.open(out_dir, os.O_RDONLY)  # not inherited by workers or tools (PEP 446)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another folkrnn compile is writing to {out_dir}: wait for it to end or give "
-                             "another --out") from None
-        yield
-    finally:
-        os.close(fd)
-
-
 def failure_text(err: Exception) -> str:
     return describe_os_error(err) if isinstance(err, OSError) else str(err)
 
@@ -238,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"no tunes selected from {args.dataset} (--tunes {args.tunes}"
                          + (f", --where {args.where!r}" if args.where else "") + ")")
     jobs = plan_jobs(args, table)
-    with output_lock(args.out):  # only now: a mistake in the arguments makes no folder
+    with folder_lock(args.out, "compile"):  # only now: a mistake in the arguments makes no folder
         return write_volumes(args, table, jobs, start)
 
 

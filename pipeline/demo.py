@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     shards = os.path.join(paths["generated"], "generated")
     summary_path = os.path.join(paths["generated"], "validation-summary.json")
     if summary_is_current(summary_path, shards):
-        from folkrnn.transforms.validate import format_summary
+        from folkrnn.transforms.validator import format_summary
 
         print("  already done (no shard changed since): kept")
         with open(summary_path, encoding="utf-8") as handle:

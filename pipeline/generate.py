@@ -124,7 +124,7 @@ def check_prime_bars(body: list[str], meter: str | None) -> str | None:
 
     Returns the implied meter (None when a meter was given, or the prime has no closed bar).
     """
-    from folkrnn.transforms.validate import bar_lengths
+    from folkrnn.transforms.validator import bar_lengths
 
     bars = closed_bars([t for t in body if t != "*"])
     if not bars:
@@ -247,7 +247,7 @@ def generate_run(args: argparse.Namespace, settings, model) -> int:
     from apache_beam.io.filesystems import FileSystems
 
     from folkrnn.model.generate import SHARDS_DIR, Manifest, shard_done, shard_path
-    from folkrnn.transforms.ingest import write_json_atomic
+    from folkrnn.schemas.files import write_json
 
     out = args.out
     manifest_path = FileSystems.join(out, "manifest.json")
@@ -267,7 +267,7 @@ def generate_run(args: argparse.Namespace, settings, model) -> int:
             FileSystems.delete([m.path for m in found])
     if not FileSystems.exists(shards_dir):
         FileSystems.mkdirs(shards_dir)
-    write_json_atomic(manifest_path, now)
+    write_json(manifest_path, now)
 
     todo = [s for s in settings.shards() if not shard_done(shard_path(out, s[0]))]
     done_tunes = settings.num_tunes - sum(last - first + 1 for _, first, last in todo)
@@ -298,8 +298,8 @@ def run_locally(args: argparse.Namespace, settings, todo: list, done_tunes: int,
 def run_on_beam(args: argparse.Namespace, settings, todo: list) -> None:
     import apache_beam as beam
 
+    from folkrnn.pipeline.beam.generate import GenerateTunes
     from folkrnn.pipeline.options import pipeline_options
-    from folkrnn.transforms.generate import GenerateTunes
 
     with beam.Pipeline(options=pipeline_options(args.beam_args)) as pipeline:
         (

@@ -12,7 +12,6 @@ from folkrnn.pipeline.errors import UsageError
 
 HELP = "Scrape, clean, transpose to C and tokenize ABC collections into Parquet (a Beam pipeline)"
 ACCEPTS_BEAM_FLAGS = True
-TABULAR_SUFFIXES = (".csv", ".json", ".jsonl")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,129 +20,33 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from folkrnn.pipeline.beam.ingest import IngestTunes, SummaryFn, WriteTable
+from folkrnn.pipeline.beam.progress import LocalProgress
+from folkrnn.pipeline.beam.sources import IngestPlan, ReadSources, plan_sources
 from folkrnn.pipeline.options import pipeline_options
-from folkrnn.schemas.errors import UsageError
-from folkrnn.schemas.files import atomic_write
+from folkrnn.schemas import files
+from folkrnn.schemas.files import atomic_write, folder_lock
 from folkrnn.schemas.tables import INGEST_TABLES
-from folkrnn.transforms import ingest as ingest_transforms
-from folkrnn.transforms.ingest import (
-    DUPLICATES,
-    REJECTS,
-    IngestTunes,
-    SummaryFn,
-    WriteTable,
-    outcome_events,
-    write_json_atomic,
-)
-from folkrnn.transforms.sources import (
-    REPEATED,
-    ReadAbcFiles,
-    ReadFolkRnnText,
-    ReadMusic21Corpus,
-    ReadTabularDump,
-    canonical_source,
-)
+from folkrnn.transforms.ingest import DUPLICATES, REJECTS, outcome_events
 
-TABULAR_SUFFIXES = (".csv", ".json", ".jsonl")
-
-
-@dataclass
-class IngestPlan:
-    """What to read: sorted out by kind, so each goes to its own source transform."""
-
-    abc: list[str] = field(default_factory=list)
-    folkrnn_text: list[str] = field(default_factory=list)
-    dumps: list[str] = field(default_factory=list)
-    urls: list[str] = field(default_factory=list)
-    repeated: list[str] = field(default_factory=list)  # a source named again: once per extra naming
-
-    @property
-    def empty(self) -> bool:
-        return not (self.abc or self.folkrnn_text or self.dumps or self.urls)
-
-
-def plan_sources(sources: Sequence[str], fmt: str = "abc", url_lists: Sequence[str] = ()) -> IngestPlan:
-    """Sources sorted by kind; local paths canonical, each read once however often it is named."""
-    plan = IngestPlan()
-    seen: set[str] = set()
-    for source in sources:
-        if source.startswith(("http://", "https://")):
-            plan.urls.append(source)
-            continue
-        source = canonical_source(source)
-        if source in seen:
-            plan.repeated.append(source)
-            continue
-        seen.add(source)
-        if source.lower().endswith(TABULAR_SUFFIXES):
-            plan.dumps.append(source)
-        elif fmt == "folkrnn-text":
-            plan.folkrnn_text.append(source)
-        else:
-            plan.abc.append(source)
-    for url_list in url_lists:
-        from folkrnn.transforms.scrape import read_url_list
-
-        plan.urls.extend(read_url_list(url_list))
-    return plan
+__all__ = ["IngestPlan", "build_ingest", "plan_sources", "run_ingest"]
 
 
 def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_fraction: float = 0.05,
                  num_shards: int = 1, cache_dir: str | None = None, delay: float = 1.0,
-                 per_host: int = 1, timeout: float = 30.0, follow_offsite: bool = False) -> None:
+                 per_host: int = 1, timeout: float = 30.0, follow_offsite: bool = False,
+                 progress: LocalProgress | None = None) -> None:
     """Add the whole ingest to ``pipeline``: read, process, write the tables and summary.json."""
-    tunes, source_rejects = [], []
-    repeated = [pipeline | "RepeatedSources" >> beam.Create(plan.repeated)]
-
-    def add(label: str, outputs: dict) -> None:
-        tunes.append(outputs["tunes"])
-        source_rejects.append(outputs[REJECTS])
-        if REPEATED in outputs:
-            repeated.append(outputs[REPEATED])
-
-    if plan.empty:
-        add("Music21", pipeline | "ReadMusic21Corpus" >> ReadMusic21Corpus())
-    if plan.abc:
-        add("Abc", pipeline | "ReadAbcFiles" >> ReadAbcFiles(plan.abc))
-    if plan.dumps:
-        add("Dumps", pipeline | "ReadTabularDumps" >> ReadTabularDump(plan.dumps))
-    if plan.folkrnn_text:
-        add("FolkRnn", pipeline | "ReadFolkRnnText" >> ReadFolkRnnText(plan.folkrnn_text))
-    if plan.urls:
-        from folkrnn.pipeline.beam.scrape import ScrapeAbc
-        from folkrnn.transforms.sources import tunes_of_document
-
-        scraped = (
-            pipeline
-            | "Urls" >> beam.Create(sorted(set(plan.urls)))
-            | "Scrape" >> ScrapeAbc(cache_dir=cache_dir or os.path.join(out, "http-cache"),
-                                    delay=delay, per_host_concurrency=per_host,
-                                    timeout=timeout, follow_offsite=follow_offsite)
-        )
-
-        def split_document(doc: dict):
-            data = doc["text"].encode("utf-8")
-            for record in tunes_of_document(doc["source"], doc["collection"], data, doc["encoding"]):
-                if isinstance(record, dict):
-                    yield beam.pvalue.TaggedOutput(REJECTS, record)
-                else:
-                    yield record
-
-        split = scraped.documents | "SplitScraped" >> beam.FlatMap(split_document).with_outputs(
-            REJECTS, main="tunes")
-        tunes.append(split.tunes)
-        source_rejects.extend([scraped.rejects, split[REJECTS]])
-
-    raw = tunes | "AllRawTunes" >> beam.Flatten()
-    read_rejects = source_rejects | "AllSourceRejects" >> beam.Flatten()
-    processed = raw | "Ingest" >> IngestTunes(valid_fraction)
-    rejects = (read_rejects, processed[REJECTS]) | "AllRejects" >> beam.Flatten()
+    read = pipeline | "ReadSources" >> ReadSources(
+        plan, cache_dir=cache_dir or os.path.join(out, "http-cache"), delay=delay, per_host=per_host,
+        timeout=timeout, follow_offsite=follow_offsite)
+    processed = read["tunes"] | "Ingest" >> IngestTunes(valid_fraction, progress)
+    rejects = (read[REJECTS], processed[REJECTS]) | "AllRejects" >> beam.Flatten()
 
     tables = {"tunes": processed["tunes"], DUPLICATES: processed[DUPLICATES], REJECTS: rejects}
     for name, rows in tables.items():
@@ -150,18 +54,18 @@ def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_f
 
     # Counting what came in separately from what went out makes "nothing lost" checkable.
     events = [
-        raw | "ReadEvents" >> beam.Map(lambda t: ("read", t.collection)),
-        read_rejects | "ReadRejectEvents" >> beam.Map(lambda r: ("read", r["collection"])),
-        repeated | "AllRepeated" >> beam.Flatten() | "RepeatedEvents" >> beam.Map(lambda path: ("repeated", path)),
-        raw | "FolkRnnTextEvents" >> beam.FlatMap(
+        read["tunes"] | "ReadEvents" >> beam.Map(lambda t: ("read", t.collection)),
+        read[REJECTS] | "ReadRejectEvents" >> beam.Map(lambda r: ("read", r["collection"])),
+        read["repeated"] | "RepeatedEvents" >> beam.Map(lambda path: ("repeated", path)),
+        read["tunes"] | "FolkRnnTextEvents" >> beam.FlatMap(
             lambda t: [("folkrnn_text", t.source)] if t.meta.get("detected") else []),
     ] + [rows | f"Events_{name}" >> beam.Map(outcome_events(name)) for name, rows in tables.items()]
-    summary_path = FileSystems.join(out, "summary.json")
+    summary_path = files.join(out, "summary.json")
     (
         events
         | "AllEvents" >> beam.Flatten()
         | "Summarize" >> beam.CombineGlobally(SummaryFn())
-        | "WriteSummary" >> beam.Map(lambda s: write_json_atomic(summary_path, s))
+        | "WriteSummary" >> beam.Map(lambda s: files.write_json(summary_path, s))
     )
 
 
@@ -175,19 +79,18 @@ def run_ingest(args: argparse.Namespace) -> dict:
     plan = plan_sources(args.sources, args.format, args.url_list)
     out = args.out
     cache_dir = args.cache_dir or os.path.join(out, "http-cache")  # outside the staging folder: it survives
-    with output_lock(out):
+    with folder_lock(out, "ingest"):
         remove_leftovers(out)  # safe: the lock keeps other runs out of this folder
         staging = make_staging(out)
         options = pipeline_options(args.beam_args)
-        progress = None if args.quiet else tqdm(desc="ingest", unit=" tunes", smoothing=0.1)
-        ingest_transforms.PROGRESS = progress
+        progress = None if args.quiet else LocalProgress(tqdm(desc="ingest", unit=" tunes", smoothing=0.1))
         try:
             with beam_failures_unlogged(), beam.Pipeline(options=options) as pipeline:
                 build_ingest(pipeline, plan, staging, valid_fraction=args.valid_fraction,
                              num_shards=args.num_shards, cache_dir=cache_dir, delay=args.delay,
                              per_host=args.per_host,
                              timeout=getattr(args, "timeout", 30.0),  # getattr: benchmarks build args by hand
-                             follow_offsite=getattr(args, "follow_offsite", False))
+                             follow_offsite=getattr(args, "follow_offsite", False), progress=progress)
             if args.write_folkrnn_text:
                 write_folkrnn_text_file(staging)
         except BaseException as err:
@@ -197,7 +100,6 @@ def run_ingest(args: argparse.Namespace) -> dict:
                 raise os_error from None
             raise
         finally:
-            ingest_transforms.PROGRESS = None
             if progress is not None:
                 progress.close()
         commit_staging(staging, out)
@@ -266,36 +168,6 @@ OUTPUTS = (*INGEST_TABLES, FOLKRNN_TEXT, "summary.json")
 
 def is_local(path: str) -> bool:
     return "://" not in path
-
-
-@contextlib.contextmanager
-def output_lock(out: str) -> Iterator[None]:
-    """Hold an exclusive lock on the ``--out`` folder (made if missing) for the block.
-
-    flock of the folder itself: no lock file is left behind, and the kernel drops the lock when
-    the process ends, kill -9 included. Other filesystems (gs://) and non-POSIX systems: no lock.
-    """
-    if not is_local(out):
-        if not FileSystems.exists(out):
-            FileSystems.mkdirs(out)
-        yield
-        return
-    os.makedirs(out, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    fd = os.open(out, os.O_RDONLY)  # not inherited by Beam's workers (PEP 446)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another folkrnn ingest is writing to {out}: wait for it to end or give "
-                             "another --out") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def make_staging(out: str) -> str:

@@ -123,7 +123,7 @@ def write_atomic(path: str, table: Any) -> None:
 
 def validate_shard(path: str, write: bool = True) -> tuple[int, Any]:
     """(rows, SummaryTally) of one shard, rewriting it with the findings when ``write``."""
-    from folkrnn.transforms.validate import SummaryTally, validate_tokens
+    from folkrnn.transforms.validator import SummaryTally, validate_tokens
 
     table = read_shard(path)
     tokens = table.column("tokens").to_pylist()
@@ -153,10 +153,10 @@ def _results(shards: list[str], write: bool, workers: int) -> Iterator[tuple[int
 
 
 def validate_dataset(dataset: str, write: bool = True, workers: int = 1, quiet: bool = True) -> dict:
-    """Validate every shard; the summary (``folkrnn.transforms.validate.summarize``'s) with the dataset's counts."""
+    """Validate every shard; the summary (``folkrnn.transforms.validator.summarize``'s) with the dataset's counts."""
     from tqdm import tqdm
 
-    from folkrnn.transforms.validate import SummaryTally
+    from folkrnn.transforms.validator import SummaryTally
 
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
@@ -172,7 +172,7 @@ def validate_dataset(dataset: str, write: bool = True, workers: int = 1, quiet: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from folkrnn.transforms.validate import format_summary
+    from folkrnn.transforms.validator import format_summary
 
     if args.json:
         check_json_path(args.json)  # before the work, not after it

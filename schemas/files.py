@@ -1,17 +1,25 @@
-"""One way to write a file: a temporary name readers ignore, fsync, rename.
+"""One way to write a file: a temporary name readers ignore, fsync, rename; and the few file
+operations that must work on local paths and on object stores alike.
 
 Dataset readers (Arrow, DuckDB, our own) skip names starting with ``.`` or ``_``, so a temporary
 file never sits where a reader would take it for a shard. Local paths get ``fsync`` and
-``os.replace``; other Beam filesystems (``gs://``) get their own create and rename.
+``os.replace``; other filesystems (``gs://``) go through Beam's ``FileSystems``, imported only for
+such a path: this module is the one place below ``pipeline/`` that touches Beam, as an I/O library
+(tests/test_layers.py allows exactly this), so local work never pays for importing it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
+
+from folkrnn.schemas.errors import UsageError
 
 
 def _read_umask() -> int:
@@ -25,6 +33,55 @@ _UMASK = _read_umask()  # read once at import: os.umask is process-wide and not 
 
 def _is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
+
+
+def _local_path(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def _filesystems():
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` on any filesystem."""
+    return os.path.join(base, *parts) if _is_local(base) else _filesystems().join(base, *parts)
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(_local_path(path)) if _is_local(path) else _filesystems().exists(path)
+
+
+def makedirs(path: str) -> None:
+    """Make a folder and its parents (object stores have none to make)."""
+    if _is_local(path):
+        os.makedirs(_local_path(path), exist_ok=True)
+    elif not _filesystems().exists(path):
+        _filesystems().mkdirs(path)
+
+
+def read_bytes(path: str) -> bytes:
+    if _is_local(path):
+        with open(_local_path(path), "rb") as handle:
+            return handle.read()
+    with _filesystems().open(path) as handle:
+        return handle.read()
+
+
+def write_parquet(path: str, table) -> None:
+    """A Parquet file (zstd), atomically; ``table`` is a pyarrow Table."""
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    atomic_write(path, buffer.getvalue())
+
+
+def write_json(path: str, value) -> None:
+    """A JSON file (indent 2), atomically."""
+    atomic_write(path, json.dumps(value, indent=2).encode("utf-8"))
 
 
 def temporary_name(path: str) -> str:
@@ -53,7 +110,7 @@ def _atomic_write(path: str, data: bytes | str | Callable[[BinaryIO], None]) -> 
     if isinstance(data, str):
         data = data.encode("utf-8")
     if _is_local(path):
-        local = path[len("file://"):] if path.startswith("file://") else path
+        local = _local_path(path)
         directory = os.path.dirname(os.path.abspath(local))
         fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(local)}.", suffix=".tmp", dir=directory)
         try:
@@ -73,8 +130,7 @@ def _atomic_write(path: str, data: bytes | str | Callable[[BinaryIO], None]) -> 
                 pass
             raise
         return
-    from apache_beam.io.filesystems import FileSystems
-
+    FileSystems = _filesystems()  # noqa: N806 - Beam's class, named as Beam names it
     temporary = temporary_name(path)
     try:
         with FileSystems.create(temporary) as handle:
@@ -94,3 +150,29 @@ def _atomic_write(path: str, data: bytes | str | Callable[[BinaryIO], None]) -> 
         raise
 
 
+@contextlib.contextmanager
+def folder_lock(path: str, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder ``path`` (made if missing) for the block.
+
+    flock of the folder itself: no lock file is left behind, and the kernel drops the lock when
+    the process ends, kill -9 included. Other filesystems (gs://) and non-POSIX systems: no lock.
+    A second ``folkrnn COMMAND`` on the same folder gets a UsageError.
+    """
+    makedirs(path)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        fcntl = None
+    if fcntl is None or not _is_local(path):
+        yield
+        return
+    fd = os.open(_local_path(path), os.O_RDONLY)  # not inherited by workers or tools (PEP 446)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another folkrnn {command} is writing to {path}: wait for it to end or give "
+                             "another --out") from None
+        yield
+    finally:
+        os.close(fd)

@@ -75,7 +75,7 @@ GENERATED = pa.schema(
     ]
 )
 
-# What the validator says of a tune (folkrnn.transforms.validate.Findings), as columns.
+# What the validator says of a tune (folkrnn.transforms.validator.Findings), as columns.
 PROBLEM = pa.struct([("code", pa.string()), ("bar", pa.int32()), ("token", pa.int32()), ("message", pa.string())])
 SECTION = pa.struct([
     ("label", pa.string()), ("bars", pa.int32()), ("repeats", pa.bool_()), ("has_endings", pa.bool_()),

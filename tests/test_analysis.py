@@ -20,7 +20,7 @@ from folkrnn.model.checkpoint import save_checkpoint
 from folkrnn.model.network import FolkRNN, ModelConfig
 from folkrnn.pipeline.errors import UsageError
 from folkrnn.schemas.vocab import BAR_TOKENS, END_ID, TOKEN_TO_ID
-from folkrnn.transforms.validate import bar_lengths, validate_tokens
+from folkrnn.transforms.validator import bar_lengths, validate_tokens
 
 ID = TOKEN_TO_ID
 

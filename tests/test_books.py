@@ -103,7 +103,7 @@ def generated_table(numbers, findings: bool = True, titles: bool = True) -> pa.T
     table = pa.Table.from_pylist(rows, schema=GENERATED)
     if not findings:
         return table
-    from folkrnn.transforms.validate import validate_tokens
+    from folkrnn.transforms.validator import validate_tokens
 
     found = [validate_tokens(r["tokens"], r["truncated"]).as_row() for r in rows]
     for f in FINDINGS_FIELDS:
@@ -243,7 +243,7 @@ def test_tools_read_valid_tunes_without_error(tmp_path):
     import music21
 
     from folkrnn.pipeline.books import write_volume_abc
-    from folkrnn.transforms.validate import validate_tokens
+    from folkrnn.transforms.validator import validate_tokens
 
     numbers = valid_sample(48)  # six of each kind of tune
     rows = [{"number": n, "title": title_for(n), "tokens": tune_tokens(n)[0]} for n in numbers]

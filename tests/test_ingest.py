@@ -13,9 +13,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from folkrnn.pipeline.beam.ingest import IngestTunes
 from folkrnn.pipeline.run_ingest import IngestPlan, build_ingest
 from folkrnn.schemas.tables import DUPLICATES, REJECTS, TUNES
-from folkrnn.transforms.ingest import IngestTunes, split_of
+from folkrnn.transforms.ingest import split_of
 from folkrnn.transforms.records import RawTune
 from tests.conftest import FIXTURES, local_options
 

@@ -16,6 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = ("schemas", "transforms", "model", "pipeline")  # each may import only those before it
 BEAM_FREE = ("schemas", "transforms", "model")
 GENERIC = set(LAYERS)  # never imported without the folkrnn. prefix
+# The one use of Beam below pipeline/: its filesystems as an I/O library for gs:// paths, imported
+# lazily by the module every file operation goes through (local work never imports Beam).
+BEAM_IO_GATEWAY = ("schemas/files.py", "apache_beam.io.filesystems")
 
 
 def modules() -> list[tuple[str, str]]:
@@ -60,6 +63,8 @@ def test_imports_only_look_down(layer: str, path: str):
             wrong.append(f"line {line}: {name} without the folkrnn. prefix")
         elif top[0] == "folkrnn" and len(top) > 1 and top[1] not in allowed:
             wrong.append(f"line {line}: {name} is in a higher layer than {layer}")
+        elif (os.path.relpath(path, ROOT), name) == BEAM_IO_GATEWAY:
+            continue
         elif top[0] == "apache_beam" and layer in BEAM_FREE:
             wrong.append(f"line {line}: {name} (Beam belongs in pipeline/beam/)")
     assert not wrong, f"{os.path.relpath(path, ROOT)}: " + "; ".join(wrong)

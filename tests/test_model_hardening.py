@@ -191,7 +191,7 @@ def test_the_generation_dofn_refuses_a_crafted_checkpoint(good_checkpoint, tmp_p
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
 
-    from folkrnn.transforms.generate import GenerateTunes
+    from folkrnn.pipeline.beam.generate import GenerateTunes
 
     path = crafted(good_checkpoint, tmp_path / "nan.pt", lambda p: p["model"]["out.bias"].fill_(math.inf))
     settings = RunSettings(checkpoint_id="x", num_tunes=2, max_tokens=10, shard_size=2)

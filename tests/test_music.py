@@ -200,15 +200,5 @@ def test_the_pure_validator_does_not_import_beam():
             "assert validate_tokens('M:4/4 K:Cmaj c 8 |'.split()).valid\n"
             "assert 'apache_beam' not in sys.modules, 'the pure validator imported Beam'\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root,
-                            env={**os.environ, "PYTHONPATH": root})
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert result.returncode == 0, result.stderr
-
-
-def test_callers_still_find_the_validator_where_they_import_it():
-    import folkrnn.transforms.validate as beam_module
-    import folkrnn.transforms.validator as pure
-
-    for name in pure.__all__:
-        assert getattr(beam_module, name) is getattr(pure, name), name
-    assert beam_module.ValidateTunes is not None

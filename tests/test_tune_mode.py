@@ -10,7 +10,7 @@ from folkrnn.model.generate import RunSettings, tune_row
 from folkrnn.model.sample import SampledTune
 from folkrnn.pipeline.compare import DatasetStats
 from folkrnn.schemas.vocab import TOKEN_TO_ID
-from folkrnn.transforms.validate import meter_and_mode, summarize, validate_tokens
+from folkrnn.transforms.validator import meter_and_mode, summarize, validate_tokens
 
 # K: only inside the body (as tune 1263 of the demo's 30,000): no mode.
 KEY_IN_BODY = ["M:4/4", "|:", "c", "d", "e", "f", "K:Cmaj", "g", "a", "b", "c'", ":|"]

@@ -17,13 +17,13 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from folkrnn.pipeline.beam.validate import ValidateTunes
 from folkrnn.schemas.vocab import METER_TOKENS, MODE_TOKENS, TOKENS
-from folkrnn.transforms.validate import (
+from folkrnn.transforms.validator import (
     BEAM_COLUMNS,
     REASON_CODES,
     Findings,
     SummaryTally,
-    ValidateTunes,
     bar_lengths,
     format_summary,
     summarize,

@@ -21,7 +21,7 @@ from folkrnn.schemas.vocab import encode
 from folkrnn.transforms.abc.tokenize import detokenize
 from folkrnn.transforms.ingest import process_record
 from folkrnn.transforms.records import RawTune
-from folkrnn.transforms.validate import validate_tokens
+from folkrnn.transforms.validator import validate_tokens
 
 REEL = ("M:4/4 K:Cmaj |: c 2 e c g c e c | d 2 f d a d f d | c 2 e c g c e c | B G A B c 4 :| "
         "|: g 2 e g c' g e g | f 2 d f a f d f | g 2 e g c' g e g | f d B d c 4 :|")

@@ -55,7 +55,7 @@ from folkrnn.transforms.abc.tokenize import detokenize, split_header
 from folkrnn.transforms.ingest import process_record
 from folkrnn.transforms.records import RawTune
 from folkrnn.transforms.sources import music21_abc_paths, tunes_of_document
-from folkrnn.transforms.validate import bar_lengths, validate_tokens
+from folkrnn.transforms.validator import bar_lengths, validate_tokens
 
 FOLK = ("oneills1850", "ryansMammoth", "airdsAirs")
 ESSEN = "essenFolksong"

@@ -1,38 +1,25 @@
-"""The ingest stage: raw tunes -> cleaned, transposed, tokenized, deduplicated rows.
+"""The ingest stage's pure functions: raw tune -> cleaned, transposed, tokenized row or reject row;
+which of several equal tunes is kept; which shard a row goes to; the summary's counts.
 
-``tokenize_record`` is the pure per-tune function (no Beam); ``IngestTunes`` wraps it, with
-rejects on a tagged output and duplicates kept once. ``WriteTable`` writes any table of
-``schemas.tables`` as Parquet shards, atomically and deterministically.
+``folkrnn.pipeline.beam.ingest`` wraps them in Beam transforms.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
-import apache_beam as beam
-import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-
-from folkrnn.schemas.files import atomic_write
 from folkrnn.schemas.tables import FINDINGS
 from folkrnn.schemas.vocab import METER_TOKENS, MODE_TOKENS, TOKEN_TO_ID
 from folkrnn.transforms.abc.errors import TuneRejected
 from folkrnn.transforms.abc.tokenize import Tokenized, tokenize_tune
 from folkrnn.transforms.records import RawTune, reject_row
-from folkrnn.transforms.validate import validate_tokens
+from folkrnn.transforms.validator import validate_tokens
 
 REJECTS = "rejects"
 DUPLICATES = "duplicates"
-
-# Set by the CLI to show progress when the runner executes in this process; None elsewhere.
-PROGRESS = None
 
 
 def split_of(tune_id: str, valid_fraction: float) -> str:
@@ -101,120 +88,22 @@ def process_record(raw: RawTune, valid_fraction: float = 0.05) -> tuple[str, dic
                                 stage=stage, reason=reason, detail=detail, raw=raw.text)
 
 
-class _Tokenize(beam.DoFn):
-    def __init__(self, valid_fraction: float):
-        self.valid_fraction = valid_fraction
-        self.kept = Metrics.counter("ingest", "tokenized")
+def keep_first(content_hash: str, rows: Iterable[dict]) -> tuple[dict, list[dict]]:
+    """Of tunes with the same tokens, the one with the smallest id, and duplicate rows for the others."""
+    ordered = sorted(rows, key=lambda r: r["id"])
+    duplicates = [{
+        "id": row["id"], "source": row["source"], "collection": row["collection"],
+        "position": row["position"], "duplicate_of": ordered[0]["id"], "content_hash": content_hash,
+    } for row in ordered[1:]]
+    return ordered[0], duplicates
 
-    def process(self, raw: RawTune) -> Iterator:
-        kind, row = process_record(raw, self.valid_fraction)
-        if PROGRESS is not None:
-            PROGRESS.update(1)
-        if kind == "tune":
-            self.kept.inc()
-            yield row
-        else:
-            Metrics.counter("ingest_rejects", row["reason"]).inc()
-            yield beam.pvalue.TaggedOutput(REJECTS, row)
-
-
-class _KeepFirst(beam.DoFn):
-    """Of tunes with the same tokens, keep the smallest id; the others become duplicate rows."""
-
-    def __init__(self):
-        self.duplicates = Metrics.counter("ingest", "duplicates")
-
-    def process(self, element: tuple[str, Iterable[dict]]) -> Iterator:
-        content_hash, rows = element
-        ordered = sorted(rows, key=lambda r: r["id"])
-        yield ordered[0]
-        for row in ordered[1:]:
-            self.duplicates.inc()
-            yield beam.pvalue.TaggedOutput(DUPLICATES, {
-                "id": row["id"], "source": row["source"], "collection": row["collection"],
-                "position": row["position"], "duplicate_of": ordered[0]["id"], "content_hash": content_hash,
-            })
-
-
-class IngestTunes(beam.PTransform):
-    """RawTune records -> {"tunes": tune rows, "duplicates": duplicate rows, "rejects": reject rows}.
-
-    Each record is cleaned, its key and meter mapped onto the vocabulary, transposed to C and
-    tokenized (folkrnn.schemas.tables.TUNES rows). A record that cannot be is a reject row with a reason;
-    tunes with the same token sequence are kept once and the rest are duplicate rows. Every input
-    record leaves as exactly one row of the three outputs.
-    """
-
-    def __init__(self, valid_fraction: float = 0.05):
-        super().__init__()
-        self.valid_fraction = valid_fraction
-
-    def expand(self, raw_tunes):
-        tokenized = raw_tunes | "CleanTransposeTokenize" >> beam.ParDo(
-            _Tokenize(self.valid_fraction)).with_outputs(REJECTS, main="tunes")
-        kept = (
-            tokenized.tunes
-            | "KeyByContent" >> beam.Map(lambda row: (row["content_hash"], row))
-            | "GroupSameTokens" >> beam.GroupByKey()
-            | "KeepFirstOfEach" >> beam.ParDo(_KeepFirst()).with_outputs(DUPLICATES, main="tunes")
-        )
-        return {"tunes": kept.tunes, DUPLICATES: kept[DUPLICATES], REJECTS: tokenized[REJECTS]}
-
-
-# -- writing tables --------------------------------------------------------------------------
 
 def shard_of(row_id: str, num_shards: int) -> int:
     return zlib.crc32(row_id.encode("utf-8")) % num_shards
 
 
-def shard_path(directory: str, name: str, shard: int, num_shards: int) -> str:
-    return FileSystems.join(directory, name, f"part-{shard:05d}-of-{num_shards:05d}.parquet")
-
-
-def replace_atomically(path: str, data: bytes) -> None:
-    """Write to a temporary name, then rename: readers never see half a file (any Beam filesystem)."""
-    atomic_write(path, data)
-
-
-def write_parquet_atomic(path: str, table: pa.Table) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    replace_atomically(path, buffer.getvalue())
-
-
-class _WriteShard(beam.DoFn):
-    def __init__(self, directory: str, name: str, schema: pa.Schema, num_shards: int):
-        self.directory, self.name, self.schema, self.num_shards = directory, name, schema, num_shards
-
-    def process(self, element) -> Iterator[str]:
-        shard, grouped = element
-        rows = sorted(grouped["rows"], key=lambda r: r["id"])
-        path = shard_path(self.directory, self.name, shard, self.num_shards)
-        write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=self.schema))
-        yield path
-
-
-class WriteTable(beam.PTransform):
-    """Rows (dicts) -> ``DIR/NAME/part-SSSSS-of-NNNNN.parquet`` files with the given schema.
-
-    Rows are spread over shards by a hash of their id and sorted by id inside each shard, so the
-    same rows give the same files on any runner; every shard is written, empty or not, and each
-    file appears only once complete. Outputs the paths written.
-    """
-
-    def __init__(self, directory: str, name: str, schema: pa.Schema, num_shards: int = 1):
-        super().__init__()
-        self.directory, self.name, self.schema, self.num_shards = directory, name, schema, num_shards
-
-    def expand(self, rows):
-        n = self.num_shards
-        keyed = rows | "KeyByShard" >> beam.Map(lambda row: (shard_of(row["id"], n), row))
-        every_shard = rows.pipeline | "ShardIds" >> beam.Create([(i, None) for i in range(n)])
-        return (
-            {"rows": keyed, "shards": every_shard}
-            | "GroupByShard" >> beam.CoGroupByKey()
-            | "WriteParquet" >> beam.ParDo(_WriteShard(self.directory, self.name, self.schema, n))
-        )
+def shard_name(shard: int, num_shards: int) -> str:
+    return f"part-{shard:05d}-of-{num_shards:05d}.parquet"
 
 
 # -- the summary -----------------------------------------------------------------------------
@@ -237,51 +126,32 @@ def outcome_events(kind: str):
     return event
 
 
-class SummaryFn(beam.CombineFn):
-    """Counts of read, kept, duplicate and rejected records, by collection, reason, meter and mode."""
-
-    def create_accumulator(self) -> Counter:
-        return Counter()
-
-    def add_input(self, acc: Counter, event: tuple) -> Counter:
-        acc[tuple(event)] += 1
-        return acc
-
-    def merge_accumulators(self, accumulators: Iterable[Counter]) -> Counter:
-        total: Counter = Counter()
-        for acc in accumulators:
-            total.update(acc)
-        return total
-
-    def extract_output(self, acc: Counter) -> dict:
-        summary: dict = {"read": 0, "kept": 0, "duplicates": 0, "rejected": 0, "rejects_by_reason": Counter(),
-                         "by_collection": {}, "meters": Counter(), "modes": Counter(),
-                         "repeated_sources": {}, "read_as_folkrnn_text": {}}
-        for key, count in acc.items():
-            kind, collection, *rest = key
-            if kind == "repeated":  # named count + 1 times, read once
-                summary["repeated_sources"][collection] = count + 1
-                continue
-            if kind == "folkrnn_text":
-                summary["read_as_folkrnn_text"][collection] = count
-                continue
-            per = summary["by_collection"].setdefault(
-                collection, {"read": 0, "kept": 0, "duplicates": 0, "rejected": 0})
-            total = {"read": "read", "kept": "kept", "duplicate": "duplicates", "rejected": "rejected"}[kind]
-            summary[total] += count
-            per[total] += count
-            if kind == "kept":
-                summary["meters"][rest[0]] += count
-                summary["modes"][rest[1]] += count
-            elif kind == "rejected":
-                summary["rejects_by_reason"][rest[0]] += count
-        for name in ("rejects_by_reason", "meters", "modes"):
-            # most common first; ties by name, so the file is the same whatever order events came in
-            summary[name] = dict(sorted(summary[name].items(), key=lambda item: (-item[1], item[0])))
-        for name in ("by_collection", "repeated_sources", "read_as_folkrnn_text"):
-            summary[name] = dict(sorted(summary[name].items()))
-        return summary
-
-
-def write_json_atomic(path: str, value: dict) -> None:
-    replace_atomically(path, json.dumps(value, indent=2).encode("utf-8"))
+def summary_of(acc: Counter) -> dict:
+    """The ingest summary from the counts of its events (see above)."""
+    summary: dict = {"read": 0, "kept": 0, "duplicates": 0, "rejected": 0, "rejects_by_reason": Counter(),
+                     "by_collection": {}, "meters": Counter(), "modes": Counter(),
+                     "repeated_sources": {}, "read_as_folkrnn_text": {}}
+    for key, count in acc.items():
+        kind, collection, *rest = key
+        if kind == "repeated":  # named count + 1 times, read once
+            summary["repeated_sources"][collection] = count + 1
+            continue
+        if kind == "folkrnn_text":
+            summary["read_as_folkrnn_text"][collection] = count
+            continue
+        per = summary["by_collection"].setdefault(
+            collection, {"read": 0, "kept": 0, "duplicates": 0, "rejected": 0})
+        total = {"read": "read", "kept": "kept", "duplicate": "duplicates", "rejected": "rejected"}[kind]
+        summary[total] += count
+        per[total] += count
+        if kind == "kept":
+            summary["meters"][rest[0]] += count
+            summary["modes"][rest[1]] += count
+        elif kind == "rejected":
+            summary["rejects_by_reason"][rest[0]] += count
+    for name in ("rejects_by_reason", "meters", "modes"):
+        # most common first; ties by name, so the file is the same whatever order events came in
+        summary[name] = dict(sorted(summary[name].items(), key=lambda item: (-item[1], item[0])))
+    for name in ("by_collection", "repeated_sources", "read_as_folkrnn_text"):
+        summary[name] = dict(sorted(summary[name].items()))
+    return summary

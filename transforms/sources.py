@@ -1,10 +1,9 @@
-"""Sources of the ingest: each a Beam transform that yields raw tune records.
+"""What the ingest's sources hold: the bytes of one file or page -> RawTune records and reject rows.
 
-Every source emits ``RawTune`` records on its main output and reject rows (folkrnn.schemas.tables.REJECTS)
-on the tagged output ``rejects``, so a file that cannot be read is counted, never lost; one bad
-record (a row nested too deep, a CSV field too long) is a reject row and the others go on.
-Local paths are canonical (``realpath``), so a file given twice or spelt two ways is read once and
-keeps one id.
+Pure parsers (no I/O, no Beam): ABC documents, CSV/JSON dumps and folk-rnn text. One bad record (a
+row nested too deep, a CSV field too long) is a reject row (``folkrnn.schemas.tables.REJECTS``) and
+the others go on. Local paths are canonical (``realpath``), so a file given twice or spelt two ways
+is read once and keeps one id. ``folkrnn.pipeline.beam.sources`` reads the files on Beam.
 """
 
 from __future__ import annotations
@@ -14,17 +13,11 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
-
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
+from collections.abc import Iterator
 
 from folkrnn.transforms.abc.split import looks_like_folkrnn_text, read_folkrnn_text, split_abc
 from folkrnn.transforms.records import RawTune, decode_text, looks_binary, reject_row
 
-REJECTS = "rejects"
-REPEATED = "repeated"  # a file named more than once: its path, once per extra naming
 TABULAR_COLUMNS = ("tune_id", "setting_id", "name", "type", "meter", "mode", "abc")
 
 
@@ -72,99 +65,11 @@ def tunes_of_document(source: str, collection: str, data: bytes,
         yield RawTune(source=source, collection=collection, position=position, text=tune, encoding=encoding)
 
 
-def read_records(path: str, collection: str | None, parse) -> Iterator:
-    """Read one file and parse it into RawTune records; an unreadable file, or what ``parse`` says
-    cannot be a tune, is a reject row on the ``rejects`` output.
-
-    ``parse(path, collection, data)`` yields RawTune records or reject rows.
-    """
-    name = collection or collection_of(path)
-    try:
-        with FileSystems.open(path) as handle:
-            data = handle.read()
-    except Exception as err:  # any I/O failure becomes a reject row, the run goes on
-        yield beam.pvalue.TaggedOutput(REJECTS, reject_row(
-            collection=name, source=path, position=0, stage="read", reason="unreadable",
-            detail=f"cannot read {path}: {err}"))
-        return
-    Metrics.counter("ingest", "files_read").inc()
-    emitted = 0
-    try:
-        for record in parse(path, name, data):
-            emitted += 1
-            yield record if isinstance(record, RawTune) else beam.pvalue.TaggedOutput(REJECTS, record)
-    except Exception as err:  # noqa: BLE001 - an input no parser foresaw must not end the run
-        yield beam.pvalue.TaggedOutput(REJECTS, reject_row(
-            collection=name, source=path, position=emitted, stage="read", reason="internal_error",
-            detail=f"{path}: reading stopped after {emitted} records: {type(err).__name__}: {err}"[:2000]))
-
-
-def _expand_pattern(pattern: str) -> Iterator:
-    """Files matching a path, folder or glob (any Beam filesystem: local, gs:// ...)."""
-    is_glob = any(ch in pattern for ch in "*?[")
-    if not is_glob and (pattern.endswith("/") or os.path.isdir(pattern)):
-        pattern = FileSystems.join(pattern.rstrip("/"), "**")
-    try:
-        matches, error = FileSystems.match([pattern])[0].metadata_list, ""
-    except Exception as err:  # a bad pattern is a reject, not a crash
-        matches, error = [], f": {err}"
-    paths = sorted(canonical_source(m.path) if is_local(m.path) else m.path
-                   for m in matches if not m.path.endswith("/") and not os.path.isdir(m.path))
-    if not paths:
-        yield beam.pvalue.TaggedOutput(REJECTS, reject_row(
-            collection="input", source=pattern, position=0, stage="read", reason="no_match",
-            detail=f"nothing matches {pattern}{error}"))
-    yield from paths
-
-
-class ReadAbcFiles(beam.PTransform):
-    """ABC files, folders and globs -> RawTune records (+ ``rejects``).
-
-    Each file is split into tunes at ``X:`` (and at blank-line separated tunes without one),
-    each tune inheriting the file header's fields; a file laid out as folk-rnn text is read as
-    such. A file matched more than once is read once (``repeated`` says which). Works on every
-    Beam filesystem.
-    """
-
-    def __init__(self, patterns: Iterable[str], collection: str | None = None):
-        super().__init__()
-        self.patterns = list(patterns)
-        self.collection = collection
-
-    def expand(self, pbegin):
-        files = (
-            pbegin
-            | "Patterns" >> beam.Create(self.patterns)
-            | "ExpandPatterns" >> beam.FlatMap(_expand_pattern).with_outputs(REJECTS, main="paths")
-        )
-        counted = files.paths | "CountEachFile" >> beam.combiners.Count.PerElement()
-        repeated = counted | "RepeatedFiles" >> beam.FlatMap(lambda item: [item[0]] * (item[1] - 1))
-        read = (
-            counted
-            | "EachFileOnce" >> beam.Keys()
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadAndSplit" >> beam.FlatMap(read_records, self.collection, tunes_of_document).with_outputs(
-                REJECTS, main="tunes")
-        )
-        rejects = (files[REJECTS], read[REJECTS]) | "MergeRejects" >> beam.Flatten()
-        return {"tunes": read.tunes, REJECTS: rejects, REPEATED: repeated}
-
-
 def music21_abc_paths() -> list[str]:
     """The ABC files shipped in music21's corpus (O'Neill's, Ryan's, Aird's, Essen ...)."""
     from music21 import corpus
 
     return sorted(str(p) for p in corpus.getCorePaths(fileExtensions=["abc"]))
-
-
-class ReadMusic21Corpus(beam.PTransform):
-    """No input -> RawTune records of every ABC collection in music21's corpus (+ ``rejects``).
-
-    The embedded default source: it needs no network, and each collection keeps its folder's name.
-    """
-
-    def expand(self, pbegin):
-        return pbegin | "Music21Files" >> ReadAbcFiles(music21_abc_paths())
 
 
 def _key_field(mode: str) -> str:
@@ -321,32 +226,6 @@ def _tune_of_row(path: str, collection: str, position: int, row: object, encodin
                    encoding=encoding, title=title, meta=meta)
 
 
-class _ReadFilesAsCollections(beam.PTransform):
-    """Files -> RawTune records (+ ``rejects``), each file one collection named after it."""
-
-    parse = None  # (path, collection, data) -> RawTune records or reject rows
-
-    def __init__(self, paths: Iterable[str]):
-        super().__init__()
-        self.paths = list(paths)
-
-    def expand(self, pbegin):
-        parse = type(self).parse
-        out = (
-            pbegin
-            | "Paths" >> beam.Create([(p, file_stem(p)) for p in self.paths])
-            | "ReadAndParse" >> beam.FlatMap(lambda item: read_records(*item, parse)).with_outputs(
-                REJECTS, main="tunes")
-        )
-        return {"tunes": out.tunes, REJECTS: out[REJECTS]}
-
-
-class ReadTabularDump(_ReadFilesAsCollections):
-    """CSV/JSON dumps (``tune_id, setting_id, name, type, meter, mode, abc``) -> RawTune (+ ``rejects``)."""
-
-    parse = staticmethod(rows_of_dump)
-
-
 def records_of_folkrnn_text(path: str, collection: str, data: bytes) -> Iterator[RawTune]:
     """Tunes of a folk-rnn data file; the record's text is the token block itself."""
     text, encoding = decode_text(data)
@@ -362,7 +241,15 @@ def folkrnn_records(source: str, collection: str, text: str, encoding: str,
                       encoding=encoding, meta=meta)
 
 
-class ReadFolkRnnText(_ReadFilesAsCollections):
-    """folk-rnn text files (an M: line, a K: line, a line of tokens per tune) -> RawTune (+ ``rejects``)."""
-
-    parse = staticmethod(records_of_folkrnn_text)
+def records_of_file(path: str, collection: str, data: bytes, parse) -> Iterator[RawTune | dict]:
+    """``parse(path, collection, data)``'s RawTune records and reject rows; a failure no parser
+    foresaw ends this file with one ``internal_error`` reject row, never the run."""
+    emitted = 0
+    try:
+        for record in parse(path, collection, data):
+            emitted += 1
+            yield record
+    except Exception as err:  # noqa: BLE001 - an input no parser foresaw must not end the run
+        yield reject_row(
+            collection=collection, source=path, position=emitted, stage="read", reason="internal_error",
+            detail=f"{path}: reading stopped after {emitted} records: {type(err).__name__}: {err}"[:2000])

@@ -88,7 +88,7 @@ class Generated:
     numbers: list[int]
     tokens: list[list[str]]
     truncated: list[bool]
-    findings: list  # folkrnn.transforms.validate.Findings
+    findings: list  # folkrnn.transforms.validator.Findings
 
     def rates(self) -> dict[str, float]:
         n = max(len(self.tokens), 1)
@@ -115,7 +115,7 @@ def bar_valid(findings) -> bool:
 def generate(model, settings: AnalysisSettings, num_tunes: int | None = None) -> Generated:
     """Tunes 1..N of ``model`` with the batched sampler, validated."""
     from folkrnn.model.sample import Sampler, sample_in_order
-    from folkrnn.transforms.validate import validate_tokens
+    from folkrnn.transforms.validator import validate_tokens
 
     numbers = list(range(1, (num_tunes or settings.num_tunes) + 1))
     sampler = Sampler(model, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[settings.dtype])
@@ -190,7 +190,7 @@ def pyplot():
 
 def pitch_sort_key(token: str) -> tuple[int, int, str]:
     """Low to high; at one height flat, then natural or unmarked, then sharp."""
-    from folkrnn.transforms.validate import pitch_height
+    from folkrnn.transforms.validator import pitch_height
 
     return pitch_height(token), "_=^".find(token[0]) if token[0] in "_=^" else 1, token
 

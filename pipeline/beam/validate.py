@@ -1,8 +1,7 @@
-"""The tune validator as a Beam transform, and the validator's public names where callers find them.
+"""The tune validator as a Beam transform.
 
-The validator itself is pure and lives in ``transforms.validator`` (import it from there to
-validate without importing Beam); this module adds ``ValidateTunes``, which validates each row of
-a PCollection, and re-exports the validator's public names.
+The validator itself is pure and lives in ``folkrnn.transforms.validator``; ``ValidateTunes``
+validates each row of a PCollection with it.
 """
 
 from __future__ import annotations
@@ -13,11 +12,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from folkrnn.transforms import validator
-from folkrnn.transforms.validator import *  # noqa: F403 (the pure validator's public names, importable from here too)
 from folkrnn.transforms.validator import BEAM_COLUMNS, Findings, validate_tokens
-
-__all__ = [*validator.__all__, "ValidateTunes"]
 
 
 class ValidateTunes(beam.PTransform):
