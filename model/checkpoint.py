@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import stat
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -115,14 +114,6 @@ def atomic_save(payload: dict, path: str) -> None:
     """torch.save through ``atomic_write``: a reader (or a crash) sees the old file or the new one,
     never half of one. A failure is an OSError naming ``path`` (no space, file too large ...)."""
     make_folder(os.path.dirname(os.path.abspath(path)))
-    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
-        # A device such as /dev/full: a rename would replace the device node itself (as root).
-        try:
-            with open(path, "wb") as handle:
-                torch_writer(payload)(handle)
-        except OSError as err:  # a failed write carries no file name
-            raise OSError(err.errno, err.strerror or str(err), path) from err
-        return
     atomic_write(path, torch_writer(payload))
 
 

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from folkrnn.pipeline.errors import UsageError
+from folkrnn.schemas.errors import UsageError
 
 HELP = "Analyse a checkpoint: parameters, token relationships, activations, counting, nudging, copying"
 PARTS = ("parameters", "tokens", "activations", "counting", "nudging", "copying")  # folkrnn.model.analysis.common.PARTS

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 
-from folkrnn.pipeline.errors import UsageError, describe_os_error
+from folkrnn.schemas.errors import UsageError, describe_os_error
 
 # command name -> module that implements it
 COMMANDS: dict[str, str] = {

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from folkrnn.pipeline.errors import UsageError
+from folkrnn.schemas.errors import UsageError
 
 HELP = "Compare two datasets (e.g. training vs generated): lengths, meters, modes, forms, pitches, durations, valid rates"
 FINDINGS_USED = ("valid", "reasons", "form", "bar_count", "ends_on_tonic", "standard_form")
@@ -148,7 +148,7 @@ def collect(dataset: str, name: str, revalidate: bool = False, quiet: bool = Tru
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    from folkrnn.pipeline.validate import find_shards
+    from folkrnn.pipeline.datasets import find_shards
     from folkrnn.transforms.validator import validate_tokens
 
     stats = DatasetStats(name)
@@ -172,7 +172,7 @@ def collect(dataset: str, name: str, revalidate: bool = False, quiet: bool = Tru
 
 def label_of(dataset: str) -> str:
     """A short name: the folder's, with its parent's when it is a generic generated/ or tunes/."""
-    from folkrnn.pipeline.validate import NESTED
+    from folkrnn.pipeline.datasets import NESTED
 
     parts = os.path.normpath(os.path.abspath(dataset)).split(os.sep)
     return "/".join(parts[-2:]) if parts[-1] in NESTED else parts[-1]
@@ -295,7 +295,7 @@ def _duration_order(token: str) -> float:
 
 # --- The command ---------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    from folkrnn.pipeline.validate import write_json
+    from folkrnn.pipeline.outputs import write_json
 
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, got {args.top}")

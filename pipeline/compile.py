@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 
-from folkrnn.pipeline.errors import UsageError, describe_os_error
+from folkrnn.schemas.errors import UsageError, describe_os_error
 from folkrnn.schemas.files import folder_lock
 
 HELP = "Compile generated tunes into numbered volumes (ABC, typeset PDF with contents, MIDI) and a corpus"
@@ -89,7 +89,7 @@ def load_tunes(path: str):  # -> pa.Table (VALIDATED)
     import pyarrow.dataset as ds
 
     from folkrnn.pipeline.books import missing_columns, with_findings
-    from folkrnn.pipeline.query import dataset_files
+    from folkrnn.pipeline.datasets import dataset_files
 
     files, hive, base = dataset_files(path)  # one-line errors for a missing or empty dataset
     dataset = ds.dataset(files, format="parquet", partitioning="hive" if hive else None,
@@ -109,7 +109,7 @@ def load_tunes(path: str):  # -> pa.Table (VALIDATED)
 def select_tunes(table, which: str, where: str | None):
     import pyarrow.compute as pc
 
-    from folkrnn.pipeline.query import filter_table
+    from folkrnn.pipeline.datasets import filter_table
 
     if which == "valid":
         table = table.filter(pc.fill_null(table.column("valid"), False))

@@ -68,7 +68,7 @@ def summary_is_current(summary_path: str, shards: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from folkrnn.pipeline.errors import UsageError
+    from folkrnn.schemas.errors import UsageError
 
     if args.threads < 0:
         raise UsageError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")

@@ -8,7 +8,7 @@ import os
 import sys
 from fractions import Fraction
 
-from folkrnn.pipeline.options import has_flag
+from folkrnn.pipeline.beam.options import has_flag
 from folkrnn.schemas.errors import UsageError
 from folkrnn.schemas.vocab import METERS, MODES, TOKEN_TO_ID
 
@@ -299,7 +299,7 @@ def run_on_beam(args: argparse.Namespace, settings, todo: list) -> None:
     import apache_beam as beam
 
     from folkrnn.pipeline.beam.generate import GenerateTunes
-    from folkrnn.pipeline.options import pipeline_options
+    from folkrnn.pipeline.beam.options import pipeline_options
 
     with beam.Pipeline(options=pipeline_options(args.beam_args)) as pipeline:
         (

@@ -8,7 +8,7 @@ import math
 import os
 import sys
 
-from folkrnn.pipeline.errors import UsageError
+from folkrnn.schemas.errors import UsageError
 
 HELP = "Scrape, clean, transpose to C and tokenize ABC collections into Parquet (a Beam pipeline)"
 ACCEPTS_BEAM_FLAGS = True

@@ -26,9 +26,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from folkrnn.pipeline.beam.ingest import IngestTunes, SummaryFn, WriteTable
+from folkrnn.pipeline.beam.options import pipeline_options
 from folkrnn.pipeline.beam.progress import LocalProgress
 from folkrnn.pipeline.beam.sources import IngestPlan, ReadSources, plan_sources
-from folkrnn.pipeline.options import pipeline_options
 from folkrnn.schemas import files
 from folkrnn.schemas.files import atomic_write, folder_lock
 from folkrnn.schemas.tables import INGEST_TABLES

@@ -42,7 +42,7 @@ def _nice_width(span: int, bins: int = 20) -> int:
 
 def compute_stats(path: str, where: str | None = None) -> dict[str, Any]:
     """The numbers behind the report, as plain Python values."""
-    from folkrnn.pipeline.query import apply_where, connect, relation
+    from folkrnn.pipeline.datasets import apply_where, connect, relation
 
     con = connect()
     rel = apply_where(relation(con, path), where)
@@ -91,7 +91,7 @@ def _rows(con: Any, sql: str) -> list[tuple]:
     """The rows of one of our queries over ``tunes``; a --where that fails on the data is a UsageError."""
     import duckdb
 
-    from folkrnn.pipeline.query import where_error
+    from folkrnn.pipeline.datasets import where_error
 
     try:
         return con.execute(sql).fetchall()

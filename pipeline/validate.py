@@ -22,19 +22,18 @@ too large) is an OSError naming the file and the cause, which the CLI prints as 
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import stat
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
-from folkrnn.pipeline.errors import UsageError
+from folkrnn.pipeline.datasets import find_shards
+from folkrnn.pipeline.outputs import check_json_path, write_json
+from folkrnn.schemas.errors import UsageError
 from folkrnn.schemas.files import atomic_write
 
 HELP = "Add the validator's findings (valid, reasons, bars, form ...) to a dataset's Parquet shards and summarise"
-NESTED = ("generated", "tunes")  # where generate and ingest put their shards
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,22 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes validating shards at once (default 1: the validator does some 15,000 "
                              "tunes a second, so more pays only for many large shards)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def find_shards(dataset: str) -> list[str]:
-    """The dataset's shard paths, sorted; a UsageError says what is wrong with the folder."""
-    if not os.path.exists(dataset):
-        raise UsageError(f"no such dataset: {dataset} (give a folder of part-*.parquet shards)")
-    if not os.path.isdir(dataset):
-        raise UsageError(f"{dataset} is not a folder (give the folder that holds the part-*.parquet shards)")
-    shards = sorted(glob.glob(os.path.join(dataset, "part-*.parquet")))
-    if not shards:
-        nested = [d for d in NESTED if glob.glob(os.path.join(dataset, d, "part-*.parquet"))]
-        if len(nested) == 1:
-            shards = sorted(glob.glob(os.path.join(dataset, nested[0], "part-*.parquet")))
-    if not shards:
-        raise UsageError(f"{dataset} holds no part-*.parquet shards")
-    return shards
 
 
 def read_shard(path: str, columns: list[str] | None = None) -> Any:
@@ -183,29 +166,3 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, summary)
     return 0
-
-
-def check_json_path(path: str) -> None:
-    """A UsageError when ``--json FILE`` cannot be a file: its folder is missing or not a folder."""
-    folder = os.path.dirname(path) or "."
-    if os.path.isdir(path):
-        raise UsageError(f"--json {path} is a folder: give a file name, e.g. {os.path.join(path, 'summary.json')}")
-    if not os.path.exists(folder):
-        raise UsageError(f"cannot write --json {path}: no folder {folder}")
-    if not os.path.isdir(folder):
-        raise UsageError(f"cannot write --json {path}: {folder} is not a folder")
-
-
-def write_json(path: str, value: dict) -> None:
-    """The summary as JSON: atomically for a file, straight into a device or pipe (/dev/stdout)."""
-    check_json_path(path)
-    text = json.dumps(value, indent=2)
-    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
-        # A rename would replace the device node itself (as root, /dev/stdout or a fifo).
-        try:
-            with open(path, "w", encoding="utf-8") as out:
-                out.write(text)
-        except OSError as err:  # a failed write (no space) carries no file name
-            raise OSError(err.errno, err.strerror or str(err), path) from err
-    else:
-        atomic_write(path, text)

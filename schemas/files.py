@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -94,7 +95,8 @@ def temporary_name(path: str) -> str:
 def atomic_write(path: str, data: bytes | str | Callable[[BinaryIO], None]) -> None:
     """Write ``data`` (bytes, text as UTF-8, or a function writing to a binary handle) to ``path``.
 
-    Readers see the old file or the new one, never half of either. A failure removes the
+    Readers see the old file or the new one, never half of either; a device or pipe that exists
+    at ``path`` is written in place instead. A failure removes the
     temporary file and re-raises the real cause as an OSError naming ``path``: a failed write or
     fsync (a full disk) carries no file name, and a failed temporary file names only the temporary.
     """
@@ -106,19 +108,29 @@ def atomic_write(path: str, data: bytes | str | Callable[[BinaryIO], None]) -> N
         raise OSError(err.errno, err.strerror or str(err), path) from err
 
 
+def _write_to(handle: BinaryIO, data: bytes | Callable[[BinaryIO], None]) -> None:
+    if callable(data):
+        data(handle)
+    else:
+        handle.write(data)
+
+
 def _atomic_write(path: str, data: bytes | str | Callable[[BinaryIO], None]) -> None:
     if isinstance(data, str):
         data = data.encode("utf-8")
     if _is_local(path):
         local = _local_path(path)
+        if os.path.exists(local) and not stat.S_ISREG(os.stat(local).st_mode):
+            # A device or a pipe (/dev/stdout, /dev/full, a fifo): written in place, since a rename
+            # would replace the device node itself (as root).
+            with open(local, "wb") as handle:
+                _write_to(handle, data)
+            return
         directory = os.path.dirname(os.path.abspath(local))
         fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(local)}.", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as handle:
-                if callable(data):
-                    data(handle)
-                else:
-                    handle.write(data)
+                _write_to(handle, data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; keep the usual mode
@@ -134,10 +146,7 @@ def _atomic_write(path: str, data: bytes | str | Callable[[BinaryIO], None]) -> 
     temporary = temporary_name(path)
     try:
         with FileSystems.create(temporary) as handle:
-            if callable(data):
-                data(handle)
-            else:
-                handle.write(data)
+            _write_to(handle, data)
         if FileSystems.exists(path):
             FileSystems.delete([path])
         FileSystems.rename([temporary], [path])

@@ -18,7 +18,7 @@ from folkrnn.model.analysis.common import AnalysisSettings, Context, Generated, 
 from folkrnn.model.analysis.timing import timeline
 from folkrnn.model.checkpoint import save_checkpoint
 from folkrnn.model.network import FolkRNN, ModelConfig
-from folkrnn.pipeline.errors import UsageError
+from folkrnn.schemas.errors import UsageError
 from folkrnn.schemas.vocab import BAR_TOKENS, END_ID, TOKEN_TO_ID
 from folkrnn.transforms.validator import bar_lengths, validate_tokens
 

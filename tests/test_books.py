@@ -393,7 +393,7 @@ def test_valid_only_and_where_selections_and_midi(tmp_path):
 
 
 def test_compile_usage_errors(tmp_path):
-    from folkrnn.pipeline.errors import UsageError
+    from folkrnn.schemas.errors import UsageError
 
     data = write_dataset(str(tmp_path / "generated"), range(1, 11), shards=1)
     cases = [

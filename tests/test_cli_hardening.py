@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from folkrnn.pipeline import cli
-from folkrnn.pipeline.errors import UsageError
 from folkrnn.pipeline.generate import MAX_NUMBERS, build_prime, parse_numbers
+from folkrnn.schemas.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "model", "demo.pt")

@@ -111,7 +111,7 @@ def test_kill_9_of_compile_leaves_no_process_and_the_next_run_builds_the_volumes
 
 
 def test_a_second_compile_into_the_same_folder_is_refused(tmp_path):
-    from folkrnn.pipeline.errors import UsageError
+    from folkrnn.schemas.errors import UsageError
 
     data = write_dataset(str(tmp_path / "generated"), range(1, 11), shards=1)
     out = tmp_path / "out"

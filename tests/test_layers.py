@@ -73,5 +73,22 @@ def test_imports_only_look_down(layer: str, path: str):
 def test_a_violation_is_caught(tmp_path):
     """The checker itself: an upward import and a Beam import in a lower layer are both seen."""
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from folkrnn.pipeline.errors import UsageError\n    import apache_beam as beam\n")
-    assert imported_names(str(bad)) == [(2, "folkrnn.pipeline.errors"), (3, "apache_beam")]
+    bad.write_text("def f():\n    from folkrnn.schemas.errors import UsageError\n    import apache_beam as beam\n")
+    assert imported_names(str(bad)) == [(2, "folkrnn.schemas.errors"), (3, "apache_beam")]
+
+
+def test_commands_share_helpers_not_each_other():
+    """A command module (``folkrnn ingest`` -> pipeline/ingest.py ...) never imports another one:
+    what two commands share lives in a helper module (datasets, outputs, beam/ ...). ``demo`` is
+    the exception that proves it: it runs the other commands in turn."""
+    from folkrnn.pipeline.cli import COMMANDS
+
+    commands = {name.rsplit(".", 1)[1] for name in COMMANDS.values()}
+    wrong = []
+    for command in sorted(commands - {"demo"}):
+        path = os.path.join(ROOT, "pipeline", f"{command}.py")
+        for line, name in imported_names(path):
+            other = name.removeprefix("folkrnn.pipeline.")
+            if name.startswith("folkrnn.pipeline.") and other in commands and other != command:
+                wrong.append(f"pipeline/{command}.py line {line} imports the command {other}")
+    assert not wrong, "; ".join(wrong)

@@ -15,8 +15,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
+from folkrnn.pipeline import datasets as dataset_access
 from folkrnn.pipeline import query, stats
-from folkrnn.pipeline.errors import UsageError
+from folkrnn.schemas.errors import UsageError
 from tests.test_books import run_compile, write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,37 +63,37 @@ CASES = [
 @pytest.mark.parametrize("where,expression", CASES, ids=[c[0] for c in CASES])
 def test_query_equals_a_plain_pyarrow_filter(datasets, where, expression):
     for path, hive in ((datasets["generated"], False), (datasets["corpus"], True)):
-        got = query.select(path, where=where, columns=["number", "title", "meter", "mode", "valid"])
+        got = dataset_access.select(path, where=where, columns=["number", "title", "meter", "mode", "valid"])
         expected = arrow(path, hive).to_table(filter=expression, columns=["number", "title", "meter", "mode", "valid"])
         assert got.num_rows > 0
         assert got.to_pylist() == expected.sort_by("number").to_pylist()
 
 
 def test_query_on_partition_and_list_columns(datasets):
-    got = query.select(datasets["corpus"], where="volume = 2 AND meter = '3/2'", columns=["number", "volume"])
+    got = dataset_access.select(datasets["corpus"], where="volume = 2 AND meter = '3/2'", columns=["number", "volume"])
     expected = arrow(datasets["corpus"], True).to_table(
         filter=(pc.field("volume") == 2) & (pc.field("meter") == "3/2"), columns=["number", "volume"])
     assert got.to_pylist() == expected.sort_by("number").to_pylist()
     assert all(101 <= r["number"] <= 200 for r in got.to_pylist())
-    got = query.select(datasets["generated"], where="list_contains(reasons, 'bar_too_short')", columns=["number"])
+    got = dataset_access.select(datasets["generated"], where="list_contains(reasons, 'bar_too_short')", columns=["number"])
     table = arrow(datasets["generated"]).to_table(columns=["number", "reasons"]).sort_by("number")
     assert got.column("number").to_pylist() == [
         r["number"] for r in table.to_pylist() if "bar_too_short" in r["reasons"]]
 
 
 def test_columns_limit_and_order(datasets, capsys):
-    table = query.select(datasets["generated"], where="valid", columns=["title", "number"], limit=7)
+    table = dataset_access.select(datasets["generated"], where="valid", columns=["title", "number"], limit=7)
     assert table.column_names == ["title", "number"]
     numbers = table.column("number").to_pylist()
     assert len(numbers) == 7 and numbers == sorted(numbers)
-    assert query.select(datasets["generated"], limit=0).num_rows == 0
+    assert dataset_access.select(datasets["generated"], limit=0).num_rows == 0
     out = run_query(capsys, datasets["generated"], "--columns", "?")
     assert out.strip().split(", ")[:3] == ["number", "seed", "temperature"]
 
 
 def test_formats(datasets, capsys):
     where = "meter = '6/8' AND valid"
-    expected = query.select(datasets["corpus"], where=where, columns=["number", "title", "reasons", "volume"])
+    expected = dataset_access.select(datasets["corpus"], where=where, columns=["number", "title", "reasons", "volume"])
     base = (datasets["corpus"], "--where", where, "--columns", "number,title,reasons,volume")
 
     rows = list(csv.DictReader(io.StringIO(run_query(capsys, *base, "--format", "csv"))))
@@ -183,11 +184,11 @@ def test_dataset_folders_and_errors(tmp_path):
     with pytest.raises(UsageError, match=r"ingest is not one dataset but holds rejects, tunes: give one of them"):
         query.run(query_args(str(tmp_path / "ingest")))
     (tmp_path / "ingest" / "tunes" / "part-1.parquet.tmp").write_bytes(b"half a file")
-    assert query.select(str(tmp_path / "ingest" / "tunes")).num_rows == 1
+    assert dataset_access.select(str(tmp_path / "ingest" / "tunes")).num_rows == 1
     (tmp_path / "run" / "generated").mkdir(parents=True)  # a generate run folder: one table inside
     pq.write_table(pa.table({"number": [1, 2]}), tmp_path / "run" / "generated" / "part-0.parquet")
     (tmp_path / "run" / "manifest.json").write_text("{}")
-    assert query.select(str(tmp_path / "run")).column("number").to_pylist() == [1, 2]
+    assert dataset_access.select(str(tmp_path / "run")).column("number").to_pylist() == [1, 2]
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(UsageError, match="is not a .parquet file"):
         query.run(query_args(str(tmp_path / "notes.txt")))

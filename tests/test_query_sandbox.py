@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
-from folkrnn.pipeline import query, stats
+from folkrnn.pipeline import datasets, query, stats
 from folkrnn.schemas.errors import UsageError
 from tests.test_books import generated_table, run_compile, write_dataset
 
@@ -105,7 +105,7 @@ def refused_by_stats(data, where: str) -> None:
 
 
 def refused_by_filter_table(data, where: str) -> None:  # compile --where
-    query.filter_table(data["table"], where)
+    datasets.filter_table(data["table"], where)
 
 
 COMMANDS = {"query": refused_by_query, "stats": refused_by_stats, "compile": refused_by_filter_table}
@@ -131,7 +131,7 @@ def test_the_issue_payload_leaks_the_file_without_the_sandbox(data):
 
 
 def test_the_connection_cannot_be_unlocked():
-    con = query.connect()
+    con = datasets.connect()
     for statement in ("SET enable_external_access = true", "RESET enable_external_access",
                       "SET autoinstall_known_extensions = true", "SET autoload_known_extensions = true",
                       "SET lock_configuration = false", "RESET lock_configuration", "RESET ALL",
@@ -230,12 +230,12 @@ def test_partition_pruning_keeps_other_volumes_closed(data, tmp_path):
     for volume in (1, 2, 4, 5, 6):
         for name in os.listdir(corpus / f"volume={volume}"):
             corrupt_data_pages(str(corpus / f"volume={volume}" / name))
-    got = query.select(str(corpus), where="volume = 3 AND meter = '6/8'", columns=["number", "volume", "meter"])
+    got = datasets.select(str(corpus), where="volume = 3 AND meter = '6/8'", columns=["number", "volume", "meter"])
     expected = [n for n in range(41, 61) if data["table"].column("meter")[n - 1].as_py() == "6/8"]
     assert got.column("number").to_pylist() == expected and expected
     assert stats.compute_stats(str(corpus), "volume = 3")["tunes"] == PER_VOLUME
     with pytest.raises(UsageError, match="cannot read the dataset's Parquet files"):  # the others are unreadable
-        query.select(str(corpus), where="volume = 2")
+        datasets.select(str(corpus), where="volume = 2")
 
 
 def expected_numbers(table: pa.Table, keep) -> list[int]:
@@ -258,9 +258,9 @@ def test_legitimate_conditions_still_work(data, where, keep, nonempty):
     expected = expected_numbers(data["table"], keep)
     assert bool(expected) or not nonempty
     for path in (data["generated"], data["corpus"]):
-        assert query.select(path, where=where, columns=["number"]).column("number").to_pylist() == expected
+        assert datasets.select(path, where=where, columns=["number"]).column("number").to_pylist() == expected
     assert stats.compute_stats(data["corpus"], where)["tunes"] == len(expected)
-    assert query.filter_table(data["table"], where).column("number").to_pylist() == expected
+    assert datasets.filter_table(data["table"], where).column("number").to_pylist() == expected
 
 
 def test_compile_where_keeps_its_selection(data, tmp_path):
@@ -274,7 +274,7 @@ def test_compile_where_keeps_its_selection(data, tmp_path):
 
 def test_filter_table_keeps_arrow_types():
     table = generated_table([1, 2, 3])
-    got = query.filter_table(table, "number >= 2")
+    got = datasets.filter_table(table, "number >= 2")
     assert got.schema == table.schema and got.column("number").to_pylist() == [2, 3]
 
 
@@ -284,11 +284,11 @@ def test_files_with_different_columns_are_read_by_name(tmp_path):
 
     pq.write_table(pa.table({"number": pa.array([2, 1], pa.int32()), "title": ["b", "a"]}), tmp_path / "part-0.parquet")
     pq.write_table(pa.table({"number": pa.array([3], pa.int64()), "valid": [True]}), tmp_path / "part-1.parquet")
-    assert query.select(str(tmp_path)).to_pylist() == [
+    assert datasets.select(str(tmp_path)).to_pylist() == [
         {"number": 1, "title": "a", "valid": None}, {"number": 2, "title": "b", "valid": None},
         {"number": 3, "title": None, "valid": True}]
-    assert query.select(str(tmp_path), where="valid").column("number").to_pylist() == [3]
+    assert datasets.select(str(tmp_path), where="valid").column("number").to_pylist() == [3]
     (tmp_path / "part-2.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(UsageError, match=r"^cannot read .* as Parquet: ") as err:
-        query.select(str(tmp_path))
+        datasets.select(str(tmp_path))
     assert "\n" not in str(err.value)

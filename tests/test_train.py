@@ -32,7 +32,7 @@ from folkrnn.model.data import (
 from folkrnn.model.network import FolkRNN, ModelConfig
 from folkrnn.model.train import LasagneRMSprop, TrainConfig, batch_loss, lr_at_epoch, train
 from folkrnn.pipeline import train as train_cli
-from folkrnn.pipeline.errors import UsageError
+from folkrnn.schemas.errors import UsageError
 from folkrnn.schemas.tables import TUNES
 from folkrnn.schemas.vocab import END_ID, START_ID, TOKENS, encode
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from folkrnn.pipeline import compare, validate
-from folkrnn.pipeline.errors import UsageError
+from folkrnn.schemas.errors import UsageError
 from folkrnn.schemas.tables import FINDINGS, GENERATED, TUNES, VALIDATED
 from folkrnn.schemas.vocab import encode
 from folkrnn.transforms.abc.tokenize import detokenize
