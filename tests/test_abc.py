@@ -87,6 +87,8 @@ def test_tuplets_survive_slur_removal():
 
 def test_stray_html_is_removed():
     assert body_tokens(tune("ABc d&gt;e<br>|")) == ["A", "B", "c", "d", ">", "e", "|"]
+    # any entity html.unescape knows, numeric ones too; &nbsp; separates like a space
+    assert body_tokens(tune("A&#62;B&nbsp;c&#x3E;d|")) == ["A", ">", "B", "c", ">", "d", "|"]
 
 
 @pytest.mark.parametrize("written, tokens", [

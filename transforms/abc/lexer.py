@@ -8,6 +8,7 @@ without guessing (voices, mid-tune meter or key changes, multi-bar rests ...) ra
 
 from __future__ import annotations
 
+import html
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ HTML_TAG_RE = re.compile(
     r"|<a\s+href=[^<>]*>",
     re.IGNORECASE,
 )
-HTML_ENTITIES = {"&amp;": "&", "&gt;": ">", "&lt;": "<", "&nbsp;": " ", "&quot;": '"', "&#39;": "'"}
+HTML_ENTITY_RE = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
 
 _NOTE_RE = re.compile(r"(\^\^|\^|__|_|=)?([A-Ga-g])([,']*)")
 _LENGTH_RE = re.compile(r"(\d*)(/*)(\d*)")
@@ -411,9 +412,14 @@ def bar_duration(elements: list[Element], meter_token: str) -> Fraction:
 def clean_html(text: str) -> tuple[str, int]:
     """Remove stray HTML tags and entities that scraped pages leave in ABC."""
     count = 0
-    for entity, char in HTML_ENTITIES.items():
-        count += text.count(entity)
-        text = text.replace(entity, char)
+
+    def unescape(match: re.Match) -> str:
+        nonlocal count
+        char = html.unescape(match.group(0))
+        count += char != match.group(0)
+        return char.replace("\xa0", " ")  # &nbsp; separates like a space
+
+    text = HTML_ENTITY_RE.sub(unescape, text)
     text, tags = HTML_TAG_RE.subn("", text)
     return text, count + tags
 
