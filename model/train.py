@@ -17,6 +17,12 @@ Both: batch 64, dropout 0.5, at most 100 epochs, learning rate x0.97 after each 
 0-based index is above 20 (the original's ``if epoch > learning_rate_decay_after``; note that
 the original passed the float, not its shared variable, to rmsprop, so its decay never took
 effect, we apply it). Reported losses are always nats per token; valid runs without dropout.
+
+How a run goes (``train``): ``start`` builds the model, the optimizer and a ``TrainState`` (new,
+resumed by ``restore`` or fine-tuning by ``load_init``); then each epoch is ``train_epoch`` (a
+``train_step`` per batch, a checkpoint every ``checkpoint_every`` steps) and ``end_epoch``
+(validate, checkpoint, plot). A checkpoint (``save``) holds the weights, both configs, the
+optimizer, the TrainState and the RNG: all that sampling and an exact resume need.
 """
 
 from __future__ import annotations
@@ -502,15 +508,10 @@ def end_epoch(run: Run, state: TrainState, tally: EpochTally, log) -> float | No
     return valid
 
 
-def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, cfg: TrainConfig | None = None,
-          resume: str | None = None, progress: bool = True, log=print, init: str | None = None) -> dict:
-    """Train (or resume) and write ``out_dir``: checkpoints/last.pt and best.pt, metrics.csv,
-    loss.png. With ``resume`` (a checkpoint path), model and training config come from the
-    checkpoint except ``RESUME_MAY_CHANGE`` (max_epochs, max_steps, checkpoint_every, device,
-    precision), which ``cfg`` may change. With ``init`` (any checkpoint, a sampling-only
-    export too), a new run starts from its weights: fine-tuning, with a fresh optimizer and
-    learning-rate schedule; ``model_config`` must have the checkpoint's sizes. Returns a
-    summary dict."""
+def start(data: TuneSet, out_dir: str, model_config: ModelConfig | None, cfg: TrainConfig | None,
+          resume: str | None, init: str | None) -> tuple[Run, TrainState]:
+    """A run ready to train: new, resumed from the checkpoint ``resume``, or fine-tuning the
+    weights of ``init``; its folder made and metrics.csv (re)written."""
     payload = None
     if resume is not None:
         payload, cfg, model_config = read_resume(resume, data, cfg)
@@ -532,17 +533,36 @@ def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, 
     make_folder(os.path.join(out_dir, "checkpoints"), "the training run")
     metrics = MetricsLog(os.path.join(out_dir, "metrics.csv"), state.step if payload is not None else None,
                          validated_at_resume=state.batch_index == 0)
-    run = Run(data, cfg, model_config, model, optimizer, device, out_dir, metrics)
-    log(f"train: {len(data.train)} tunes ({data.tokens('train')} tokens), valid: {len(data.valid)} tunes; "
-        f"model {model_config.n_layers}x{model_config.n_units}, {model.num_parameters():,} parameters; "
-        f"device {device}; clip {cfg.clip_mode}" + (f"; weights from {init}" if state.init and not payload else "")
-        + (f"; resuming at step {state.step}, epoch {state.epoch + 1}" if payload else ""))
+    return Run(data, cfg, model_config, model, optimizer, device, out_dir, metrics), state
+
+
+def start_line(run: Run, state: TrainState, resume: str | None, init: str | None) -> str:
+    data, sizes = run.data, run.model_config
+    return (f"train: {len(data.train)} tunes ({data.tokens('train')} tokens), valid: {len(data.valid)} tunes; "
+            f"model {sizes.n_layers}x{sizes.n_units}, {run.model.num_parameters():,} parameters; "
+            f"device {run.device}; clip {run.cfg.clip_mode}"
+            + (f"; weights from {init}" if state.init and resume is None else "")
+            + (f"; resuming at step {state.step}, epoch {state.epoch + 1}" if resume is not None else ""))
+
+
+def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, cfg: TrainConfig | None = None,
+          resume: str | None = None, progress: bool = True, log=print, init: str | None = None) -> dict:
+    """Train (or resume) and write ``out_dir``: checkpoints/last.pt and best.pt, metrics.csv,
+    loss.png. With ``resume`` (a checkpoint path), model and training config come from the
+    checkpoint except ``RESUME_MAY_CHANGE`` (max_epochs, max_steps, checkpoint_every, device,
+    precision), which ``cfg`` may change. With ``init`` (any checkpoint, a sampling-only
+    export too), a new run starts from its weights: fine-tuning, with a fresh optimizer and
+    learning-rate schedule; ``model_config`` must have the checkpoint's sizes. Returns a
+    summary dict."""
+    run, state = start(data, out_dir, model_config, cfg, resume, init)
+    cfg = run.cfg
+    log(start_line(run, state, resume, init))
     if state.epoch >= cfg.max_epochs or (cfg.max_steps and state.step >= cfg.max_steps):
         log(f"nothing to train: the run is at step {state.step}, epoch {state.epoch} (max steps "
             f"{cfg.max_steps or 'none'}, max epochs {cfg.max_epochs}); raise --max-steps or --max-epochs to train "
             "further")
 
-    model.train()
+    run.model.train()
     stopped_by, valid = None, None
     with _StopRequest() as stop:
         try:
@@ -551,10 +571,10 @@ def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, 
                 if stopped_by is None:
                     valid = end_epoch(run, state, tally, log)
         finally:
-            metrics.close()
+            run.metrics.close()
         if stopped_by:
             save(run, state, run.last_path)
-            plot_losses(metrics.rows, run.png_path)
+            plot_losses(run.metrics.rows, run.png_path)
         if stopped_by == "signal":
             log(f"stopped at step {state.step}; checkpoint written to {run.last_path}")
             raise KeyboardInterrupt
@@ -562,4 +582,5 @@ def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, 
     return {"step": state.step, "epoch": state.epoch, "batch_index": state.batch_index, "elapsed_s": state.elapsed_s,
             "best_valid_loss": best if math.isfinite(best) else None, "valid_loss": valid,
             "last": run.last_path, "best": run.best_path if os.path.exists(run.best_path) else None,
-            "metrics": metrics.path, "plot": run.png_path, "stopped_by": stopped_by or "max_epochs", "model": model}
+            "metrics": run.metrics.path, "plot": run.png_path, "stopped_by": stopped_by or "max_epochs",
+            "model": run.model}
