@@ -55,7 +55,6 @@ def train_steps(config: ModelConfig, device: torch.device, clip_mode: str = "nor
     torch.manual_seed(0)
     model = FolkRNN(config).to(device).train()
     cfg = TrainConfig(clip_mode=clip_mode)
-    model.elementwise_clip = cfg.clip if clip_mode == "elementwise" else 0.0
     optimizer = make_optimizer(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     ids = torch.randint(0, config.vocab_size, (BATCH, STEPS + 1), device=device)
@@ -65,7 +64,7 @@ def train_steps(config: ModelConfig, device: torch.device, clip_mode: str = "nor
         sync(device)
         start = time.perf_counter()
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            total, n = batch_loss(model, inputs, targets)
+            total, n = batch_loss(model, inputs, targets, cfg.gate_clip)
         optimizer.zero_grad(set_to_none=True)
         (total / n).backward()
         if clip_mode == "norm":

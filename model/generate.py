@@ -126,14 +126,6 @@ def dtype_of(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
-def pick_device(name: str = "auto") -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def local_checkpoint(path: str) -> str:
     """A local file for a checkpoint that may live on any Beam filesystem (gs:// ...); a downloaded
     copy is the caller's to remove."""
@@ -165,9 +157,10 @@ def load_model(checkpoint: str):
 
 def load_sampler(checkpoint: str, dtype: str = "fp32", device: str = "auto", model=None):
     """A sampler for ``checkpoint`` (or for ``model``, already loaded from it)."""
+    from folkrnn.model.devices import resolve_device
     from folkrnn.model.sample import Sampler
 
-    return Sampler(model if model is not None else load_model(checkpoint), device=pick_device(device),
+    return Sampler(model if model is not None else load_model(checkpoint), device=resolve_device(device),
                    dtype=dtype_of(dtype))
 
 

@@ -28,7 +28,7 @@ How the recurrence runs (measured on a 2-core Sapphire Rapids, see benchmarks/be
   Python loop costs little there: layer 1 forward + backward at batch 64 x 200 tokens took
   0.43 s, the same as torch's fused LSTM fed dense one-hot vectors (0.40-0.43 s), and a whole
   v2 training step ran at ~215 GFLOP/s, about half the measured fp32 matmul peak.
-* ``elementwise_clip`` (the faithful mode) clips the gradient reaching each gate's
+* ``grad_clip`` (the faithful mode, a ``forward`` argument) clips the gradient reaching each gate's
   pre-activation to +-clip at every step, as Lasagne's ``LSTMLayer(grad_clipping=5)`` did.
   Fused kernels cannot do that, so in that mode every layer runs through ``_Recurrence``,
   with its input projection done for the whole sequence as one matmul.
@@ -287,8 +287,6 @@ class FolkRNN(nn.Module):
         with torch.no_grad():
             nn.init.orthogonal_(self.out.weight)
             self.out.bias.zero_()
-        # Faithful mode: 0 = off; else Lasagne's per-step clipping of gate gradients.
-        self.elementwise_clip = 0.0
 
     def num_parameters(self, exclude_initial_states: bool = True) -> int:
         return sum(
@@ -299,11 +297,15 @@ class FolkRNN(nn.Module):
     def initial_state(self, batch: int) -> State:
         return [layer.initial_state(batch) for layer in self.layers]
 
-    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def forward(self, ids: torch.Tensor, state: State | None = None,
+                grad_clip: float = 0.0) -> tuple[torch.Tensor, State]:
         """Logits (B, T, V) for token ids (B, T), and the final (h, c) of each layer.
 
         ``state`` (per layer (h, c), each (B, H)) continues a sequence; None starts from the
         learned initial states. Softmax is left to the loss (log-softmax is more accurate).
+        ``grad_clip`` > 0 is the faithful mode: the backward pass clips each gate's gradient to
+        +-grad_clip at every step (Lasagne's ``grad_clipping``); every layer then runs the per-step
+        recurrence, in evaluation too, so that a run computes one way throughout.
         """
         batch = ids.shape[0]
         state = state if state is not None else self.initial_state(batch)
@@ -314,11 +316,11 @@ class FolkRNN(nn.Module):
             if k == 0:
                 # x W_x for a one-hot x is a row of W_x^T: a lookup, not a matmul.
                 gx = F.embedding(x, layer.weight_ih.t()) + layer.bias
-                x, h_n, c_n = recurrence(gx, layer.weight_hh, h0, c0, self.elementwise_clip)
-            elif self.elementwise_clip:
+                x, h_n, c_n = recurrence(gx, layer.weight_hh, h0, c0, grad_clip)
+            elif grad_clip:
                 gx = torch.addmm(layer.bias, x.reshape(-1, x.shape[-1]), layer.weight_ih.t())
                 gx = gx.view(x.shape[0], batch, -1)
-                x, h_n, c_n = recurrence(gx, layer.weight_hh, h0, c0, self.elementwise_clip)
+                x, h_n, c_n = recurrence(gx, layer.weight_hh, h0, c0, grad_clip)
             else:
                 weights = [layer.weight_ih, layer.weight_hh, layer.bias, layer.zero_bias]
                 hx = (h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous())
@@ -328,19 +330,3 @@ class FolkRNN(nn.Module):
             new_state.append((h_n, c_n))
         logits = self.out(x.transpose(0, 1))
         return logits, new_state
-
-    @torch.no_grad()
-    def step_weights(self) -> dict:
-        """Detached weights for a hand-written step function (the sampler), torch gate order
-        (i, f, g, o): ``layers`` is a list of dicts with ``w_x`` (4H x n_in), ``w_h`` (4H x H),
-        ``b`` (4H), ``h0`` (H), ``c0`` (H); ``out_w`` (V x H) and ``out_b`` (V) are the dense
-        layer. For layer 1, ``w_x[:, token]`` is the input contribution of a token."""
-        return {
-            "layers": [
-                {"w_x": layer.weight_ih.detach(), "w_h": layer.weight_hh.detach(), "b": layer.bias.detach(),
-                 "h0": layer.h0.detach(), "c0": layer.c0.detach()}
-                for layer in self.layers
-            ],
-            "out_w": self.out.weight.detach(),
-            "out_b": self.out.bias.detach(),
-        }

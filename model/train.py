@@ -17,6 +17,12 @@ Both: batch 64, dropout 0.5, at most 100 epochs, learning rate x0.97 after each 
 0-based index is above 20 (the original's ``if epoch > learning_rate_decay_after``; note that
 the original passed the float, not its shared variable, to rmsprop, so its decay never took
 effect, we apply it). Reported losses are always nats per token; valid runs without dropout.
+
+How a run goes (``train``): ``start`` builds the model, the optimizer and a ``TrainState`` (new,
+resumed by ``restore`` or fine-tuning by ``load_init``); then each epoch is ``train_epoch`` (a
+``train_step`` per batch, a checkpoint every ``checkpoint_every`` steps) and ``end_epoch``
+(validate, checkpoint, plot). A checkpoint (``save``) holds the weights, both configs, the
+optimizer, the TrainState and the RNG: all that sampling and an exact resume need.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -43,11 +49,14 @@ from folkrnn.model.checkpoint import (
     save_checkpoint,
 )
 from folkrnn.model.data import IGNORE, TuneSet, epoch_batches, make_batch, sorted_batches
+from folkrnn.model.devices import resolve_device
 from folkrnn.model.network import FolkRNN, ModelConfig
 from folkrnn.schemas.errors import UsageError
 from folkrnn.schemas.files import atomic_write
 
 METRICS_FIELDS = ["step", "epoch", "split", "loss", "lr", "tokens", "tokens_per_s", "elapsed_s", "grad_norm"]
+# What a resumed run may change; everything else comes from its checkpoint.
+RESUME_MAY_CHANGE = ("max_epochs", "max_steps", "checkpoint_every", "device", "precision")
 
 
 @dataclass
@@ -69,6 +78,20 @@ class TrainConfig:
     valid_fraction: float = 0.05  # only for folk-rnn text input
     device: str = "auto"
     precision: str = "fp32"  # fp32, tf32 (CUDA matmuls), bf16 (autocast)
+
+    @property
+    def gate_clip(self) -> float:
+        """What the network's forward pass is given as ``grad_clip``: the threshold in the faithful
+        ("elementwise") mode, 0 (fused kernels, no per-step clipping) in the default one."""
+        return self.clip if self.clip_mode == "elementwise" else 0.0
+
+    def check(self) -> TrainConfig:
+        """Refuse a config no run can follow; returns self."""
+        if self.clip_mode not in ("norm", "elementwise"):
+            raise UsageError(f"clip mode must be 'norm' or 'elementwise', got {self.clip_mode!r}")
+        if self.batch_size < 1 or self.max_epochs < 0 or self.max_steps < 0:
+            raise UsageError("batch size must be at least 1 and max epochs/steps not negative")
+        return self
 
     @classmethod
     def from_dict(cls, d: object) -> TrainConfig:
@@ -111,15 +134,6 @@ def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * cfg.lr_decay ** max(0, epoch - cfg.lr_decay_after - 1)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return device
-
-
 def make_optimizer(model: FolkRNN, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.clip_mode == "elementwise":
@@ -127,9 +141,11 @@ def make_optimizer(model: FolkRNN, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rho, eps=cfg.eps)
 
 
-def batch_loss(model: FolkRNN, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed negative log-likelihood (nats) over real targets, and their number."""
-    logits, _ = model(inputs)
+def batch_loss(model: FolkRNN, inputs: torch.Tensor, targets: torch.Tensor,
+               gate_clip: float = 0.0) -> tuple[torch.Tensor, int]:
+    """Summed negative log-likelihood (nats) over real targets, and their number. ``gate_clip``:
+    see ``TrainConfig.gate_clip``."""
+    logits, _ = model(inputs, grad_clip=gate_clip)
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                             ignore_index=IGNORE, reduction="sum")
     return total, int((targets != IGNORE).sum())
@@ -143,8 +159,8 @@ def autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def evaluate(model: FolkRNN, tunes: list[np.ndarray], batch_size: int, device: torch.device,
-             precision: str = "fp32") -> float:
-    """Mean nats per token over ``tunes``, dropout off."""
+             precision: str = "fp32", gate_clip: float = 0.0) -> float:
+    """Mean nats per token over ``tunes``, dropout off (computed the way the run trains: ``gate_clip``)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -152,7 +168,8 @@ def evaluate(model: FolkRNN, tunes: list[np.ndarray], batch_size: int, device: t
         for indices in sorted_batches([len(t) for t in tunes], batch_size):
             inputs, targets = make_batch(tunes, indices)
             with autocast(device, precision):
-                loss, n = batch_loss(model, torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device))
+                loss, n = batch_loss(model, torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device),
+                                     gate_clip)
             total += float(loss)
             count += n
     finally:
@@ -285,40 +302,221 @@ def checkpoint_paths(out_dir: str) -> tuple[str, str]:
     return os.path.join(out_dir, "checkpoints", "last.pt"), os.path.join(out_dir, "checkpoints", "best.pt")
 
 
-def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, cfg: TrainConfig | None = None,
-          resume: str | None = None, progress: bool = True, log=print, init: str | None = None) -> dict:
-    """Train (or resume) and write ``out_dir``: checkpoints/last.pt and best.pt, metrics.csv,
-    loss.png. With ``resume`` (a checkpoint path), model and training config come from the
-    checkpoint except ``max_epochs``, ``max_steps``, ``checkpoint_every``, ``device`` and
-    ``precision``, which ``cfg`` may change. With ``init`` (any checkpoint, a sampling-only
-    export too), a new run starts from its weights: fine-tuning, with a fresh optimizer and
-    learning-rate schedule; ``model_config`` must have the checkpoint's sizes. Returns a
-    summary dict."""
+@dataclass
+class TrainState:
+    """Where a run stands: what a checkpoint's ``train_state`` records besides configs, data and RNG."""
+
+    epoch: int = 0  # the epoch in progress, 0-based
+    batch_index: int = 0  # the next batch of that epoch
+    step: int = 0  # optimizer steps taken in all
+    elapsed_s: float = 0.0  # seconds spent in training steps
+    best_valid_loss: float = math.inf
+    init: dict | None = None  # {"path", "checkpoint_id"}: the weights a fine-tuning run started from
+
+
+@dataclass
+class Run:
+    """What a run trains with, fixed once it starts."""
+
+    data: TuneSet
+    cfg: TrainConfig
+    model_config: ModelConfig
+    model: FolkRNN
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    out_dir: str
+    metrics: MetricsLog
+    data_info: dict = field(init=False)
+
+    def __post_init__(self):
+        self.data_info = {"source": self.data.source, "fingerprint": self.data.fingerprint(),
+                          "n_train": len(self.data.train), "n_valid": len(self.data.valid)}
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def last_path(self) -> str:
+        return checkpoint_paths(self.out_dir)[0]
+
+    @property
+    def best_path(self) -> str:
+        return checkpoint_paths(self.out_dir)[1]
+
+    @property
+    def png_path(self) -> str:
+        return os.path.join(self.out_dir, "loss.png")
+
+
+@dataclass
+class EpochTally:
+    """The training steps of one epoch (of this process: a resumed epoch counts from the resume)."""
+
+    loss: float = 0.0  # summed nats
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+def read_resume(path: str, data: TuneSet, cfg: TrainConfig | None) -> tuple[dict, TrainConfig, ModelConfig]:
+    """The checkpoint to resume, with its configs; ``cfg`` may change only ``RESUME_MAY_CHANGE``."""
+    payload = read_payload(path)
+    if payload.get("train_state") is None or payload.get("optimizer") is None:
+        raise CheckpointError(f"{path} holds weights but no training state (an imported model?); "
+                              "it can be sampled but not resumed")
+    with restoring(path):
+        saved = TrainConfig.from_dict(payload["train_state"]["train_config"])
+        fingerprint = payload["train_state"]["data"]["fingerprint"]
+    if cfg is not None:
+        for key in RESUME_MAY_CHANGE:
+            setattr(saved, key, getattr(cfg, key))
+    model_config = ModelConfig.from_dict(payload["model_config"])  # checked by read_payload
+    if fingerprint != data.fingerprint():
+        raise UsageError(f"the training data differ from those of {path} (fingerprint {data.fingerprint()} "
+                         f"!= {fingerprint}): resume with the same data (and --valid-fraction) it was trained on")
+    return payload, saved, model_config
+
+
+def restore(path: str, payload: dict, model: FolkRNN, optimizer: torch.optim.Optimizer,
+            device: torch.device) -> TrainState:
+    """Weights, optimizer, counters and RNG of a resumed run, exactly as its checkpoint left them."""
+    model.load_state_dict(payload["model"])
+    with restoring(path):
+        optimizer.load_state_dict(payload["optimizer"])
+        ts = payload["train_state"]
+        state = TrainState(init=ts.get("init"), epoch=int(ts["epoch"]), batch_index=int(ts["batch_index"]),
+                           step=int(ts["step"]), elapsed_s=float(ts["elapsed_s"]),
+                           best_valid_loss=float(ts["best_valid_loss"]))
+        set_rng_state(ts["rng"], device)
+    return state
+
+
+def load_init(path: str, model: FolkRNN, model_config: ModelConfig) -> dict:
+    """Start a fine-tuning run from the weights of any checkpoint of the same sizes; returns its
+    ``TrainState.init``."""
+    start = read_payload(path)
+    sizes = ModelConfig.from_dict(start["model_config"])
+    if (sizes.n_layers, sizes.n_units) != (model_config.n_layers, model_config.n_units):
+        raise UsageError(f"{path} is a {sizes.n_layers}x{sizes.n_units} model; the run asks for "
+                         f"{model_config.n_layers}x{model_config.n_units}")
+    model.load_state_dict(start["model"])
+    return {"path": path, "checkpoint_id": checkpoint_id(path)}
+
+
+def save(run: Run, state: TrainState, path: str, valid_loss: float | None = None) -> None:
+    """A checkpoint from which the run resumes exactly (and samples)."""
+    cfg = run.cfg
+    train_state = {"epoch": state.epoch, "batch_index": state.batch_index, "step": state.step,
+                   "elapsed_s": state.elapsed_s, "best_valid_loss": state.best_valid_loss, "valid_loss": valid_loss,
+                   "train_config": asdict(cfg), "data": run.data_info, "rng": rng_state(run.device),
+                   "init": state.init}
+    schedule = {"kind": "decay_after", "lr": cfg.lr, "decay": cfg.lr_decay, "decay_after": cfg.lr_decay_after,
+                "epoch": state.epoch, "current_lr": lr_at_epoch(cfg, state.epoch)}
+    meta = {"written_by": "folkrnn train"}
+    if state.init:
+        meta["initialised_from"] = state.init["checkpoint_id"]
+    save_checkpoint(path, run.model, run.model_config, run.optimizer, schedule, train_state, meta=meta)
+
+
+def train_step(run: Run, inputs: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, int, float]:
+    """One optimizer step on a batch: its summed loss (nats, detached), real tokens and gradient norm."""
+    cfg, device = run.cfg, run.device
+    inputs = torch.from_numpy(inputs).to(device, non_blocking=True)
+    targets = torch.from_numpy(targets).to(device, non_blocking=True)
+    with autocast(device, cfg.precision):
+        total, n_tokens = batch_loss(run.model, inputs, targets, cfg.gate_clip)
+    # norm mode: nats/token; faithful: per-tune sums averaged over the batch
+    objective = total / (n_tokens if cfg.clip_mode == "norm" else inputs.shape[0])
+    run.optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    params = run.params
+    if cfg.clip_mode == "norm":
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
+    else:
+        grad_norm = float(torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None])))
+    run.optimizer.step()
+    return total.detach(), n_tokens, grad_norm
+
+
+def train_epoch(run: Run, state: TrainState, stop: _StopRequest, progress: bool) -> tuple[str | None, EpochTally]:
+    """Train from ``state.batch_index`` to the end of ``state.epoch``; returns why it stopped early
+    ("max_steps", "signal"; None: the epoch is done) and the epoch's tally."""
     from tqdm import tqdm
 
+    cfg = run.cfg
+    lr = lr_at_epoch(cfg, state.epoch)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    batches = epoch_batches([len(t) for t in run.data.train], cfg.batch_size, cfg.seed, state.epoch)
+    tally = EpochTally()
+    with tqdm(total=len(batches), initial=state.batch_index, desc=f"epoch {state.epoch + 1}/{cfg.max_epochs}",
+              unit="batch", disable=not progress, leave=False, dynamic_ncols=True) as bar:
+        while state.batch_index < len(batches):
+            if cfg.max_steps and state.step >= cfg.max_steps:
+                return "max_steps", tally
+            if stop.requested:
+                return "signal", tally
+            started = time.perf_counter()
+            total, n_tokens, grad_norm = train_step(run, *make_batch(run.data.train, batches[state.batch_index]))
+            loss = float(total) / n_tokens
+            if not math.isfinite(loss):  # raised before anything is saved: checkpoints stay finite
+                raise UsageError(f"training diverged at step {state.step + 1} (loss {loss}); nothing after step "
+                                 f"{state.step} is saved: lower --lr, or check the data")
+            if run.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+            state.step += 1
+            state.batch_index += 1
+            state.elapsed_s += seconds
+            tally.loss += float(total)
+            tally.tokens += n_tokens
+            tally.seconds += seconds
+            run.metrics.write({"step": state.step, "epoch": state.epoch + 1, "split": "train", "loss": loss, "lr": lr,
+                               "tokens": n_tokens, "tokens_per_s": n_tokens / seconds, "elapsed_s": state.elapsed_s,
+                               "grad_norm": grad_norm})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tally.tokens / tally.seconds:.0f}", lr=f"{lr:.2g}")
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                save(run, state, run.last_path)
+    return None, tally
+
+
+def end_epoch(run: Run, state: TrainState, tally: EpochTally, log) -> float | None:
+    """Validate, move to the next epoch, checkpoint (best.pt too when valid improved), plot and log;
+    returns the valid loss (None without valid tunes)."""
+    cfg, data = run.cfg, run.data
+    valid = evaluate(run.model, data.valid, cfg.batch_size, run.device, cfg.precision, cfg.gate_clip) \
+        if data.valid else None
+    if valid is not None:
+        run.metrics.write({"step": state.step, "epoch": state.epoch + 1, "split": "valid", "loss": valid,
+                           "lr": lr_at_epoch(cfg, state.epoch), "tokens": data.tokens("valid"), "tokens_per_s": "",
+                           "elapsed_s": state.elapsed_s, "grad_norm": ""})
+    improved = valid is not None and valid < state.best_valid_loss
+    if improved:
+        state.best_valid_loss = valid
+    state.epoch += 1
+    state.batch_index = 0
+    save(run, state, run.last_path, valid)
+    if improved:
+        save(run, state, run.best_path, valid)
+    plot_losses(run.metrics.rows, run.png_path)
+    rate = tally.tokens / tally.seconds if tally.seconds else 0.0
+    log(f"epoch {state.epoch}/{cfg.max_epochs}: train {tally.loss / max(tally.tokens, 1):.4f} nats/token"
+        + (f", valid {valid:.4f}" if valid is not None else "")
+        + f", {rate:,.0f} tokens/s, {tally.seconds:.1f} s" + (" (best)" if improved else ""))
+    return valid
+
+
+def start(data: TuneSet, out_dir: str, model_config: ModelConfig | None, cfg: TrainConfig | None,
+          resume: str | None, init: str | None) -> tuple[Run, TrainState]:
+    """A run ready to train: new, resumed from the checkpoint ``resume``, or fine-tuning the
+    weights of ``init``; its folder made and metrics.csv (re)written."""
     payload = None
     if resume is not None:
-        payload = read_payload(resume)
-        if payload.get("train_state") is None or payload.get("optimizer") is None:
-            raise CheckpointError(f"{resume} holds weights but no training state (an imported model?); "
-                                  "it can be sampled but not resumed")
-        with restoring(resume):
-            saved = TrainConfig.from_dict(payload["train_state"]["train_config"])
-            fingerprint = payload["train_state"]["data"]["fingerprint"]
-        if cfg is not None:
-            for key in ("max_epochs", "max_steps", "checkpoint_every", "device", "precision"):
-                setattr(saved, key, getattr(cfg, key))
-        cfg = saved
-        model_config = ModelConfig.from_dict(payload["model_config"])  # checked by read_payload
-        if fingerprint != data.fingerprint():
-            raise UsageError(f"the training data differ from those of {resume} (fingerprint {data.fingerprint()} "
-                             f"!= {fingerprint}): resume with the same data (and --valid-fraction) it was trained on")
-    cfg = cfg or TrainConfig()
+        payload, cfg, model_config = read_resume(resume, data, cfg)
+    cfg = (cfg or TrainConfig()).check()
     model_config = model_config or ModelConfig()
-    if cfg.clip_mode not in ("norm", "elementwise"):
-        raise UsageError(f"clip mode must be 'norm' or 'elementwise', got {cfg.clip_mode!r}")
-    if cfg.batch_size < 1 or cfg.max_epochs < 0 or cfg.max_steps < 0:
-        raise UsageError("batch size must be at least 1 and max epochs/steps not negative")
     device = resolve_device(cfg.device)
     if cfg.precision == "tf32" and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -326,147 +524,63 @@ def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, 
 
     torch.manual_seed(cfg.seed)
     model = FolkRNN(model_config).to(device)
-    model.elementwise_clip = cfg.clip if cfg.clip_mode == "elementwise" else 0.0
     optimizer = make_optimizer(model, cfg)
-    epoch, batch_index, step, elapsed = 0, 0, 0, 0.0
-    best_valid = math.inf
-    init_info = None
-    if init is not None and payload is None:
-        start = read_payload(init)
-        sizes = ModelConfig.from_dict(start["model_config"])
-        if (sizes.n_layers, sizes.n_units) != (model_config.n_layers, model_config.n_units):
-            raise UsageError(f"{init} is a {sizes.n_layers}x{sizes.n_units} model; the run asks for "
-                             f"{model_config.n_layers}x{model_config.n_units}")
-        model.load_state_dict(start["model"])
-        init_info = {"path": init, "checkpoint_id": checkpoint_id(init)}
     if payload is not None:
-        model.load_state_dict(payload["model"])
-        with restoring(resume):
-            optimizer.load_state_dict(payload["optimizer"])
-            ts = payload["train_state"]
-            init_info = ts.get("init")
-            epoch, batch_index, step = int(ts["epoch"]), int(ts["batch_index"]), int(ts["step"])
-            elapsed, best_valid = float(ts["elapsed_s"]), float(ts["best_valid_loss"])
-            set_rng_state(ts["rng"], device)
+        state = restore(resume, payload, model, optimizer, device)
+    else:
+        state = TrainState(init=load_init(init, model, model_config) if init is not None else None)
 
     make_folder(os.path.join(out_dir, "checkpoints"), "the training run")
-    last_path, best_path = checkpoint_paths(out_dir)
-    metrics = MetricsLog(os.path.join(out_dir, "metrics.csv"), step if payload is not None else None,
-                         validated_at_resume=batch_index == 0)
-    png_path = os.path.join(out_dir, "loss.png")
-    lengths = [len(t) for t in data.train]
-    data_info = {"source": data.source, "fingerprint": data.fingerprint(), "n_train": len(data.train),
-                 "n_valid": len(data.valid)}
-    params = [p for p in model.parameters() if p.requires_grad]
+    metrics = MetricsLog(os.path.join(out_dir, "metrics.csv"), state.step if payload is not None else None,
+                         validated_at_resume=state.batch_index == 0)
+    return Run(data, cfg, model_config, model, optimizer, device, out_dir, metrics), state
 
-    def save(path: str, next_epoch: int, next_batch: int, valid_loss: float | None = None) -> None:
-        state = {"epoch": next_epoch, "batch_index": next_batch, "step": step, "elapsed_s": elapsed,
-                 "best_valid_loss": best_valid, "valid_loss": valid_loss, "train_config": asdict(cfg),
-                 "data": data_info, "rng": rng_state(device), "init": init_info}
-        schedule = {"kind": "decay_after", "lr": cfg.lr, "decay": cfg.lr_decay, "decay_after": cfg.lr_decay_after,
-                    "epoch": next_epoch, "current_lr": lr_at_epoch(cfg, next_epoch)}
-        meta = {"written_by": "folkrnn train"}
-        if init_info:
-            meta["initialised_from"] = init_info["checkpoint_id"]
-        save_checkpoint(path, model, model_config, optimizer, schedule, state, meta=meta)
 
-    log(f"train: {len(data.train)} tunes ({data.tokens('train')} tokens), valid: {len(data.valid)} tunes; "
-        f"model {model_config.n_layers}x{model_config.n_units}, {model.num_parameters():,} parameters; "
-        f"device {device}; clip {cfg.clip_mode}" + (f"; weights from {init}" if init_info and not payload else "")
-        + (f"; resuming at step {step}, epoch {epoch + 1}" if payload else ""))
-    if epoch >= cfg.max_epochs or (cfg.max_steps and step >= cfg.max_steps):
-        log(f"nothing to train: the run is at step {step}, epoch {epoch} (max steps {cfg.max_steps or 'none'}, "
-            f"max epochs {cfg.max_epochs}); raise --max-steps or --max-epochs to train further")
-    model.train()
-    stopped_by = None
-    last_valid = None
-    train_loss_epoch = (0.0, 0)
+def start_line(run: Run, state: TrainState, resume: str | None, init: str | None) -> str:
+    data, sizes = run.data, run.model_config
+    return (f"train: {len(data.train)} tunes ({data.tokens('train')} tokens), valid: {len(data.valid)} tunes; "
+            f"model {sizes.n_layers}x{sizes.n_units}, {run.model.num_parameters():,} parameters; "
+            f"device {run.device}; clip {run.cfg.clip_mode}"
+            + (f"; weights from {init}" if state.init and resume is None else "")
+            + (f"; resuming at step {state.step}, epoch {state.epoch + 1}" if resume is not None else ""))
+
+
+def train(data: TuneSet, out_dir: str, model_config: ModelConfig | None = None, cfg: TrainConfig | None = None,
+          resume: str | None = None, progress: bool = True, log=print, init: str | None = None) -> dict:
+    """Train (or resume) and write ``out_dir``: checkpoints/last.pt and best.pt, metrics.csv,
+    loss.png. With ``resume`` (a checkpoint path), model and training config come from the
+    checkpoint except ``RESUME_MAY_CHANGE`` (max_epochs, max_steps, checkpoint_every, device,
+    precision), which ``cfg`` may change. With ``init`` (any checkpoint, a sampling-only
+    export too), a new run starts from its weights: fine-tuning, with a fresh optimizer and
+    learning-rate schedule; ``model_config`` must have the checkpoint's sizes. Returns a
+    summary dict."""
+    run, state = start(data, out_dir, model_config, cfg, resume, init)
+    cfg = run.cfg
+    log(start_line(run, state, resume, init))
+    if state.epoch >= cfg.max_epochs or (cfg.max_steps and state.step >= cfg.max_steps):
+        log(f"nothing to train: the run is at step {state.step}, epoch {state.epoch} (max steps "
+            f"{cfg.max_steps or 'none'}, max epochs {cfg.max_epochs}); raise --max-steps or --max-epochs to train "
+            "further")
+
+    run.model.train()
+    stopped_by, valid = None, None
     with _StopRequest() as stop:
         try:
-            while epoch < cfg.max_epochs:
-                lr = lr_at_epoch(cfg, epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
-                bar = tqdm(total=len(batches), initial=batch_index, desc=f"epoch {epoch + 1}/{cfg.max_epochs}",
-                           unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
-                tokens_done, time_done = 0, 0.0
-                while batch_index < len(batches):
-                    if cfg.max_steps and step >= cfg.max_steps:
-                        stopped_by = "max_steps"
-                        break
-                    if stop.requested:
-                        stopped_by = "signal"
-                        break
-                    started = time.perf_counter()
-                    inputs, targets = make_batch(data.train, batches[batch_index])
-                    inputs = torch.from_numpy(inputs).to(device, non_blocking=True)
-                    targets = torch.from_numpy(targets).to(device, non_blocking=True)
-                    with autocast(device, cfg.precision):
-                        total, n_tokens = batch_loss(model, inputs, targets)
-                    # norm mode: nats/token; faithful: per-tune sums averaged over the batch
-                    objective = total / (n_tokens if cfg.clip_mode == "norm" else inputs.shape[0])
-                    optimizer.zero_grad(set_to_none=True)
-                    objective.backward()
-                    if cfg.clip_mode == "norm":
-                        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
-                    else:
-                        grad_norm = float(torch.linalg.vector_norm(
-                            torch.stack([torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None])))
-                    optimizer.step()
-                    loss = float(total.detach()) / n_tokens
-                    if not math.isfinite(loss):  # raised before anything is saved: checkpoints stay finite
-                        raise UsageError(f"training diverged at step {step + 1} (loss {loss}); nothing after step "
-                                         f"{step} is saved: lower --lr, or check the data")
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    seconds = time.perf_counter() - started
-                    step += 1
-                    batch_index += 1
-                    elapsed += seconds
-                    tokens_done += n_tokens
-                    time_done += seconds
-                    train_loss_epoch = (train_loss_epoch[0] + float(total.detach()), train_loss_epoch[1] + n_tokens)
-                    metrics.write({"step": step, "epoch": epoch + 1, "split": "train", "loss": loss, "lr": lr,
-                                   "tokens": n_tokens, "tokens_per_s": n_tokens / seconds, "elapsed_s": elapsed,
-                                   "grad_norm": grad_norm})
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_done / time_done:.0f}", lr=f"{lr:.2g}")
-                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                        save(last_path, epoch, batch_index)
-                bar.close()
-                if stopped_by:
-                    break
-                # end of epoch: validate, checkpoint, plot
-                last_valid = evaluate(model, data.valid, cfg.batch_size, device, cfg.precision) if data.valid else None
-                train_mean = train_loss_epoch[0] / max(train_loss_epoch[1], 1)
-                train_loss_epoch = (0.0, 0)
-                if last_valid is not None:
-                    metrics.write({"step": step, "epoch": epoch + 1, "split": "valid", "loss": last_valid, "lr": lr,
-                                   "tokens": data.tokens("valid"), "tokens_per_s": "", "elapsed_s": elapsed,
-                                   "grad_norm": ""})
-                improved = last_valid is not None and last_valid < best_valid
-                if improved:
-                    best_valid = last_valid
-                epoch += 1
-                batch_index = 0
-                save(last_path, epoch, 0, last_valid)
-                if improved:
-                    save(best_path, epoch, 0, last_valid)
-                plot_losses(metrics.rows, png_path)
-                rate = tokens_done / time_done if time_done else 0.0
-                log(f"epoch {epoch}/{cfg.max_epochs}: train {train_mean:.4f} nats/token"
-                    + (f", valid {last_valid:.4f}" if last_valid is not None else "")
-                    + f", {rate:,.0f} tokens/s, {time_done:.1f} s" + (" (best)" if improved else ""))
+            while state.epoch < cfg.max_epochs and stopped_by is None:
+                stopped_by, tally = train_epoch(run, state, stop, progress)
+                if stopped_by is None:
+                    valid = end_epoch(run, state, tally, log)
         finally:
-            metrics.close()
+            run.metrics.close()
         if stopped_by:
-            save(last_path, epoch, batch_index)
-            plot_losses(metrics.rows, png_path)
+            save(run, state, run.last_path)
+            plot_losses(run.metrics.rows, run.png_path)
         if stopped_by == "signal":
-            log(f"stopped at step {step}; checkpoint written to {last_path}")
+            log(f"stopped at step {state.step}; checkpoint written to {run.last_path}")
             raise KeyboardInterrupt
-    return {"step": step, "epoch": epoch, "batch_index": batch_index, "elapsed_s": elapsed,
-            "best_valid_loss": best_valid if math.isfinite(best_valid) else None, "valid_loss": last_valid,
-            "last": last_path, "best": best_path if os.path.exists(best_path) else None,
-            "metrics": metrics.path, "plot": png_path, "stopped_by": stopped_by or "max_epochs", "model": model}
+    best = state.best_valid_loss
+    return {"step": state.step, "epoch": state.epoch, "batch_index": state.batch_index, "elapsed_s": state.elapsed_s,
+            "best_valid_loss": best if math.isfinite(best) else None, "valid_loss": valid,
+            "last": run.last_path, "best": run.best_path if os.path.exists(run.best_path) else None,
+            "metrics": run.metrics.path, "plot": run.png_path, "stopped_by": stopped_by or "max_epochs",
+            "model": run.model}

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     targets = tuple(t for t in args.nudge.split(",") if t)
     tune = read_tune(args.tune) if args.tune else None
     if args.dtype == "bf16":
-        from folkrnn.pipeline.generate import cpu_has_bf16
+        from folkrnn.model.devices import cpu_has_bf16
 
         if not cpu_has_bf16():  # the analysis samples on the CPU
             raise UsageError("this CPU has no bf16 instructions (avx512_bf16/amx_bf16); use --dtype fp32")

@@ -192,20 +192,11 @@ def check(args: argparse.Namespace) -> None:
     if not 0 <= args.top_p < 1 or args.top_k < 0:
         raise UsageError("--top-k must be >= 0 and --top-p in [0, 1)")
     if args.dtype == "bf16":
-        import torch
+        from folkrnn.model.devices import cpu_has_bf16, resolve_device
 
-        if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
-            if not cpu_has_bf16():
-                raise UsageError("this CPU has no bf16 instructions (avx512_bf16/amx_bf16); use --dtype fp32")
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        # Only a run sure to sample on this CPU is refused: a Beam worker given --device cuda may have a GPU.
+        if args.device in ("cpu", "auto") and resolve_device(args.device).type == "cpu" and not cpu_has_bf16():
+            raise UsageError("this CPU has no bf16 instructions (avx512_bf16/amx_bf16); use --dtype fp32")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,8 +9,6 @@ from folkrnn.schemas.errors import UsageError
 
 HELP = "Train the folk-rnn v2 LSTM on tokenized tunes (resumable; checkpoints, metrics.csv, loss.png)"
 
-# Options a resumed run may change; the others come from the checkpoint.
-RESUME_MAY_CHANGE = ("max_epochs", "max_steps", "checkpoint_every", "device", "precision")
 MODEL_OPTIONS = {"layers": "n_layers", "units": "n_units", "dropout": "dropout"}
 TRAIN_OPTIONS = ("batch_size", "lr", "seed", "checkpoint_every", "valid_fraction", "clip_mode", "clip", "max_epochs",
                  "max_steps", "device", "precision")
@@ -91,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from folkrnn.model.checkpoint import check_folder, model_config_of, read_payload
     from folkrnn.model.data import load_tunes
     from folkrnn.model.network import ModelConfig
-    from folkrnn.model.train import TrainConfig, checkpoint_paths, restoring, train
+    from folkrnn.model.train import RESUME_MAY_CHANGE, TrainConfig, checkpoint_paths, restoring, train
 
     check_folder(args.out, "the training run")
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import folkrnn.model.devices as devices
 import folkrnn.model.train as train_module
 from folkrnn.model.checkpoint import (
     CheckpointError,
@@ -29,8 +30,10 @@ from folkrnn.model.data import (
     read_folkrnn_text,
     split_by_hash,
 )
+from folkrnn.model.devices import resolve_device
 from folkrnn.model.network import FolkRNN, ModelConfig
 from folkrnn.model.train import LasagneRMSprop, TrainConfig, batch_loss, lr_at_epoch, train
+from folkrnn.pipeline import cli as folkrnn_cli
 from folkrnn.pipeline import train as train_cli
 from folkrnn.schemas.errors import UsageError
 from folkrnn.schemas.tables import TUNES
@@ -325,3 +328,74 @@ def test_cli_init_keeps_the_checkpoint_sizes(tmp_path):
                 "--batch-size", "8", "--max-epochs", "1", "--quiet"]) == 0
     _, payload = load_checkpoint(str(tmp_path / "c" / "checkpoints" / "last.pt"))
     assert payload["model_config"]["n_units"] == 8 and payload["model_config"]["dropout"] == 0.1
+
+
+# ---------------------------------------------------------------- devices and the clip switch (issue 14)
+
+DEMO = os.path.join(os.path.dirname(os.path.dirname(__file__)), "model", "demo.pt")
+
+
+def no_cuda(monkeypatch) -> None:
+    """This machine as one without CUDA, whatever it has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def error_line(capsys, *argv: str) -> str:
+    assert folkrnn_cli.main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_one_device_resolver_refuses_in_one_line(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UsageError, match="--device 'bogus' is not a device: use auto, cpu, cuda or cuda:N"):
+        resolve_device("bogus")
+    no_cuda(monkeypatch)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(UsageError, match="no CUDA device is available; use --device cpu"):
+        resolve_device("cuda:1")
+
+
+def test_train_and_generate_resolve_devices_alike(tmp_path, capsys, monkeypatch):
+    """Before, `generate --device cuda` without CUDA and `train --device bogus` were 'unexpected' errors."""
+    no_cuda(monkeypatch)
+    write_text(str(tmp_path / "tunes.txt"), synthetic_tunes(20))
+    for argv in (["train", str(tmp_path / "tunes.txt"), "--out", str(tmp_path / "t"), "--device", "cuda"],
+                 ["generate", DEMO, "--num-tunes", "1", "--out", str(tmp_path / "g"), "--device", "cuda"]):
+        assert error_line(capsys, *argv) == (f"folkrnn {argv[0]}: error: --device cuda was asked for but no CUDA "
+                                             "device is available; use --device cpu")
+    assert error_line(capsys, "train", str(tmp_path / "tunes.txt"), "--out", str(tmp_path / "t"), "--device",
+                      "bogus").endswith("--device 'bogus' is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def test_bf16_on_a_cpu_without_it_is_refused_by_generate_and_analyze(tmp_path, capsys, monkeypatch):
+    no_cuda(monkeypatch)
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
+    refusal = "error: this CPU has no bf16 instructions (avx512_bf16/amx_bf16); use --dtype fp32"
+    for device in ("cpu", "auto"):
+        assert error_line(capsys, "generate", DEMO, "--num-tunes", "1", "--out", str(tmp_path / "g"), "--dtype",
+                          "bf16", "--device", device) == f"folkrnn generate: {refusal}"
+    assert error_line(capsys, "analyze", DEMO, "--out", str(tmp_path / "a"), "--dtype",
+                      "bf16") == f"folkrnn analyze: {refusal}"
+    # --device cuda may be a Beam worker's GPU: not refused for bf16 (here it then has no CUDA, locally)
+    assert error_line(capsys, "generate", DEMO, "--num-tunes", "1", "--out", str(tmp_path / "g"), "--dtype", "bf16",
+                      "--device", "cuda").endswith("no CUDA device is available; use --device cpu")
+
+
+def test_elementwise_clipping_is_chosen_by_the_train_config_not_set_on_the_model():
+    assert TrainConfig().gate_clip == 0.0
+    assert TrainConfig(clip_mode="elementwise", clip=3.0).gate_clip == 3.0
+    torch.manual_seed(0)
+    model = FolkRNN(TINY)
+    assert not hasattr(model, "elementwise_clip")  # the switch travels with the forward call
+    inputs, targets = make_batch([np.array(encode(t)) for t in synthetic_tunes(4)], [0, 1, 2, 3])
+    inputs, targets = torch.from_numpy(inputs), torch.from_numpy(targets)
+    grads = {}
+    for clip in (0.0, 1e-4):
+        model.zero_grad()
+        total, _ = batch_loss(model.eval(), inputs, targets, clip)
+        total.backward()
+        grads[clip] = model.layers[-1].bias.grad.clone()
+    assert grads[1e-4].abs().max() < grads[0.0].abs().max()  # a tiny threshold clips the gates' gradients
