@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from folkrnn.model.network import FolkRNN, ModelConfig, recurrence
-from folkrnn.model.train import TrainConfig, batch_loss, make_optimizer
+from folkrnn.model.optim import make_optimizer
+from folkrnn.model.train import TrainConfig, batch_loss
 
 BATCH, STEPS = 64, 200
 TUNES_PER_EPOCH, TOKENS_PER_TUNE = 13_000, 150  # the v2 corpus, roughly

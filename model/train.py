@@ -23,13 +23,14 @@ resumed by ``restore`` or fine-tuning by ``load_init``); then each epoch is ``tr
 ``train_step`` per batch, a checkpoint every ``checkpoint_every`` steps) and ``end_epoch``
 (validate, checkpoint, plot). A checkpoint (``save``) holds the weights, both configs, the
 optimizer, the TrainState and the RNG: all that sampling and an exact resume need.
+
+The optimizers are in model/optim.py, metrics.csv and loss.png in model/metrics.py; the rest of
+the loop stays in this one file (about 480 lines), nanoGPT-style, because it reads best in one go.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import os
 import signal
@@ -50,11 +51,11 @@ from folkrnn.model.checkpoint import (
 )
 from folkrnn.model.data import IGNORE, TuneSet, epoch_batches, make_batch, sorted_batches
 from folkrnn.model.devices import resolve_device
+from folkrnn.model.metrics import MetricsLog, plot_losses
 from folkrnn.model.network import FolkRNN, ModelConfig
+from folkrnn.model.optim import lr_at_epoch, make_optimizer
 from folkrnn.schemas.errors import UsageError
-from folkrnn.schemas.files import atomic_write
 
-METRICS_FIELDS = ["step", "epoch", "split", "loss", "lr", "tokens", "tokens_per_s", "elapsed_s", "grad_norm"]
 # What a resumed run may change; everything else comes from its checkpoint.
 RESUME_MAY_CHANGE = ("max_epochs", "max_steps", "checkpoint_every", "device", "precision")
 
@@ -107,38 +108,6 @@ class TrainConfig:
             if not fits or (kind is not bool and isinstance(value, bool)):
                 raise ValueError(f"train_config has {name} of type {type(value).__name__}, not {kind.__name__}")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-
-class LasagneRMSprop(torch.optim.Optimizer):
-    """Lasagne's rmsprop: accu = rho accu + (1 - rho) g^2; p -= lr g / sqrt(accu + eps)."""
-
-    def __init__(self, params, lr: float = 0.003, rho: float = 0.9, eps: float = 1e-6):
-        super().__init__(params, {"lr": lr, "rho": rho, "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "accu" not in state:
-                    state["accu"] = torch.zeros_like(p)
-                accu = state["accu"]
-                accu.mul_(group["rho"]).addcmul_(p.grad, p.grad, value=1 - group["rho"])
-                p.addcdiv_(p.grad, (accu + group["eps"]).sqrt_(), value=-group["lr"])
-
-
-def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate during 0-based ``epoch``: decayed once at the end of every epoch > decay_after."""
-    return cfg.lr * cfg.lr_decay ** max(0, epoch - cfg.lr_decay_after - 1)
-
-
-def make_optimizer(model: FolkRNN, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.clip_mode == "elementwise":
-        return LasagneRMSprop(params, lr=cfg.lr, rho=cfg.rho, eps=cfg.eps)
-    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rho, eps=cfg.eps)
 
 
 def batch_loss(model: FolkRNN, inputs: torch.Tensor, targets: torch.Tensor,
@@ -213,78 +182,6 @@ class _StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
-
-
-class MetricsLog:
-    """metrics.csv: one row per train step and per validation; on resume, rows after the
-    checkpoint's step (work that was lost) are dropped first."""
-
-    def __init__(self, path: str, resume_step: int | None, validated_at_resume: bool = True):
-        self.path = path
-        self.rows: list[dict] = []
-        if resume_step is not None and os.path.exists(path):
-            with open(path, newline="") as handle:
-                # A validation row at the resume step is kept only if the checkpoint came after it.
-                self.rows = [r for r in csv.DictReader(handle) if int(r["step"]) < resume_step or (
-                    int(r["step"]) == resume_step and (r["split"] == "train" or validated_at_resume))]
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, METRICS_FIELDS)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write(path, text.getvalue())
-        self._handle = self._named(lambda: open(path, "a", newline=""))
-        self._writer = csv.DictWriter(self._handle, METRICS_FIELDS)
-
-    def _named(self, action):
-        """Run ``action``; a failed write (no space, file too large) carries no file name: add ours."""
-        try:
-            return action()
-        except OSError as err:
-            if err.filename is not None or err.errno is None:
-                raise
-            raise OSError(err.errno, err.strerror or str(err), self.path) from err
-
-    def write(self, row: dict) -> None:
-        row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-        self.rows.append(row)
-        self._writer.writerow(row)
-        self._named(self._handle.flush)
-
-    def close(self) -> None:
-        self._named(self._handle.close)
-
-
-def plot_losses(rows: list[dict], path: str) -> None:
-    """Loss curve PNG: train loss per step (faint) and per epoch, valid loss per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(int(r["step"]), float(r["loss"]), int(r["epoch"])) for r in rows if r["split"] == "train"]
-    valid = [(int(r["step"]), float(r["loss"])) for r in rows if r["split"] == "valid"]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    if train:
-        steps, losses, epochs = zip(*train)
-        ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="train (per step)")
-        by_epoch: dict[int, list] = {}
-        for s, loss, e in train:
-            by_epoch.setdefault(e, []).append((s, loss))
-        ends = [(max(s for s, _ in v), sum(x for _, x in v) / len(v)) for _, v in sorted(by_epoch.items())]
-        ax.plot(*zip(*ends), color="tab:blue", marker=".", label="train (epoch mean)")
-    if valid:
-        ax.plot(*zip(*valid), color="tab:orange", marker="o", label="valid (dropout off)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats per token")
-    ax.set_title("folk-rnn training loss")
-    ax.grid(alpha=0.3)
-    if train or valid:
-        ax.legend()
-    fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png")
-    plt.close(fig)
-    atomic_write(path, image.getvalue())
 
 
 @contextlib.contextmanager

@@ -32,7 +32,8 @@ from folkrnn.model.data import (
 )
 from folkrnn.model.devices import resolve_device
 from folkrnn.model.network import FolkRNN, ModelConfig
-from folkrnn.model.train import LasagneRMSprop, TrainConfig, batch_loss, lr_at_epoch, train
+from folkrnn.model.optim import LasagneRMSprop, lr_at_epoch
+from folkrnn.model.train import TrainConfig, batch_loss, train
 from folkrnn.pipeline import cli as folkrnn_cli
 from folkrnn.pipeline import train as train_cli
 from folkrnn.schemas.errors import UsageError
