@@ -28,13 +28,10 @@ def _compile(data: str, out: str, *extra: str) -> float:
 
 
 def run() -> dict:
-    from folkrnn.pipeline.books import (
-        Entry,
-        typeset_volume,
-        with_findings,
-        with_titles_and_abc,
-        write_volume_abc,
-    )
+    from folkrnn.pipeline.books import validated_table, with_titles_and_abc
+    from folkrnn.pipeline.typeset import typeset_volume
+    from folkrnn.transforms.abc.typeset_source import Entry
+    from folkrnn.transforms.abc.volume import volume_abc
     from tests.test_books import generated_table, write_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,10 +40,10 @@ def run() -> dict:
         make_data = time.perf_counter() - start
 
         # One volume by stage, in this process.
-        table = with_titles_and_abc(with_findings(generated_table(range(1, 3001))))
+        table = with_titles_and_abc(validated_table(generated_table(range(1, 3001))))
         rows = table.select(["number", "title", "meter", "mode", "tokens"]).to_pylist()
         start = time.perf_counter()
-        abc = write_volume_abc(rows, 1, 10, "Benchmark Book")
+        abc = volume_abc(rows, 1, 10, "Benchmark Book")
         abc_seconds = time.perf_counter() - start
         entries = [Entry(r["number"], r["title"], r["meter"], r["mode"]) for r in rows]
         start = time.perf_counter()

@@ -8,6 +8,8 @@ import os
 import platform
 import sys
 
+from folkrnn.schemas.files import atomic_write
+
 BENCHMARKS = ["benchmarks.bench_ingest", "benchmarks.bench_validate", "benchmarks.bench_train",
               "benchmarks.bench_sample", "benchmarks.bench_compile", "benchmarks.bench_analyze"]
 RESULTS = os.path.join(os.path.dirname(__file__), "RESULTS.md")
@@ -46,9 +48,7 @@ def main(selected: list[str]) -> int:
         result = module.run()
         print(result["markdown"], flush=True)
         sections.append(f"## {result['name']}\n\n{result['markdown']}\n")
-    with open(RESULTS + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write("\n".join(sections))
-    os.replace(RESULTS + ".tmp", RESULTS)
+    atomic_write(RESULTS, "\n".join(sections))
     print(f"written {RESULTS}")
     return 0
 

@@ -13,7 +13,7 @@ writes it) and whose files are present is skipped, so a re-run only rebuilds wha
 
 A run holds a lock on ``--out`` (one run writes there at a time) and first removes what a killed
 run left there (dot-prefixed temporary files and work folders). Pool workers, abcm2ps and
-ghostscript die with the run, even with kill -9 (Linux: ``books.die_with_parent``).
+ghostscript die with the run, even with kill -9 (Linux: ``subprocesses.die_with_parent``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ from folkrnn.schemas.errors import UsageError, describe_os_error
 from folkrnn.schemas.files import folder_lock
 
 HELP = "Compile generated tunes into numbered volumes (ABC, typeset PDF with contents, MIDI) and a corpus"
-CODE_FILES = ("pipeline/books.py", "transforms/abc/tokenize.py", "transforms/titles.py")
+# The code that shapes a volume's files (its ABC, PDF, MIDI, corpus partition and report).
+CODE_FILES = ("pipeline/books.py", "pipeline/typeset.py", "pipeline/midi.py", "transforms/abc/volume.py",
+              "transforms/abc/typeset_source.py", "transforms/abc/tool_output.py", "transforms/abc/tokenize.py",
+              "transforms/titles.py")
 # The same as folkrnn.pipeline.books.PER_VOLUME and DEFAULT_BOOK_TITLE (a test checks): repeated here so
 # that `folkrnn --help` does not import Arrow.
 PER_VOLUME = 3000
@@ -88,7 +91,7 @@ def load_tunes(path: str):  # -> pa.Table (VALIDATED)
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    from folkrnn.pipeline.books import missing_columns, with_findings
+    from folkrnn.pipeline.books import missing_columns, validated_table
     from folkrnn.pipeline.datasets import dataset_files
 
     files, hive, base = dataset_files(path)  # one-line errors for a missing or empty dataset
@@ -100,7 +103,7 @@ def load_tunes(path: str):  # -> pa.Table (VALIDATED)
                          "or folkrnn validate")
     wanted = [name for name in dataset.schema.names if name not in ("volume", "page")]
     try:
-        return with_findings(dataset.to_table(columns=wanted))
+        return validated_table(dataset.to_table(columns=wanted))
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
         first = str(err).strip().split("\n")[0]
         raise UsageError(f"{path}: the columns do not have the types of folkrnn.schemas.tables.VALIDATED: {first}") from None
@@ -138,7 +141,7 @@ def plan_jobs(args: argparse.Namespace, table) -> list:
 
 def start_worker(parent: int) -> None:
     """Pool initializer: the worker (and so the tools it runs) dies with the compile process."""
-    from folkrnn.pipeline.books import die_with_parent
+    from folkrnn.pipeline.subprocesses import die_with_parent
 
     die_with_parent(parent)
 

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.files import atomic_write
 
 HELP = "Counts by meter, mode, form and validity; length and token histograms (text, or a PNG with --plot)"
 TOP_FORMS = 12
@@ -207,12 +208,11 @@ def plot_stats(stats: dict[str, Any], path: str) -> None:
         ax.set_visible(False)
     fig.suptitle(f"{stats['dataset']}: {stats['tunes']:,} tunes" + (f" where {stats['where']}" if stats["where"] else ""))
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ or ``tunes/`` folder of them):
   with rule changes.
 * any other table with a ``tokens`` column keeps its columns and gets the findings after them.
 
-Every shard is rewritten atomically (``folkrnn.schemas.files.atomic_write``: a dot-prefixed temporary
+Every shard is rewritten atomically (``folkrnn.schemas.files.write_parquet``: a dot-prefixed temporary
 file in its folder, which dataset readers skip, then a rename) with exactly its rows in their
 order, and the same input gives the same bytes, so running twice changes nothing.
 ``--summary-only`` validates and summarises without writing. A failed write (a full disk, a file
@@ -31,7 +31,7 @@ from typing import Any
 from folkrnn.pipeline.datasets import find_shards
 from folkrnn.pipeline.outputs import check_json_path, write_json
 from folkrnn.schemas.errors import UsageError
-from folkrnn.schemas.files import atomic_write
+from folkrnn.schemas.files import write_parquet
 
 HELP = "Add the validator's findings (valid, reasons, bars, form ...) to a dataset's Parquet shards and summarise"
 
@@ -80,26 +80,19 @@ def with_findings(table: Any, findings: list) -> Any:
     """The table with its findings columns (re)placed, as ``output_schema`` says."""
     import pyarrow as pa
 
-    from folkrnn.schemas.tables import FINDINGS
+    from folkrnn.schemas.tables import findings_table
 
     schema = output_schema(table.schema)
-    columns = []
-    for field in schema:
-        if field.name in FINDINGS.names:
-            columns.append(pa.array([getattr(f, field.name) for f in findings], type=field.type))
-        else:
-            columns.append(table.column(field.name).cast(field.type))
+    found = findings_table(findings)
+    columns = [found.column(field.name) if field.name in found.schema.names else table.column(field.name).cast(field.type)
+               for field in schema]
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def write_atomic(path: str, table: Any) -> None:
-    """Rewrite the shard ``path`` atomically: a reader sees the old file or the new one."""
-    import pyarrow.parquet as pq
-
+def rewrite_shard(path: str, table: Any) -> None:
+    """Rewrite the shard ``path`` atomically (a reader sees the old file or the new one), keeping its mode."""
     mode = stat.S_IMODE(os.stat(path).st_mode)
-    # To a handle, not a path: on failure Arrow deletes a file it was given by name, which
-    # made the old cleanup fail with FileNotFoundError and hide the real cause.
-    atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
+    write_parquet(path, table)
     if stat.S_IMODE(os.stat(path).st_mode) != mode:
         os.chmod(path, mode)  # keep the shard's mode (atomic_write gives the umask's)
 
@@ -120,7 +113,7 @@ def validate_shard(path: str, write: bool = True) -> tuple[int, Any]:
         out = with_findings(table, findings)
         if out.num_rows != table.num_rows:  # a guard, not an assert: it must hold under python -O too
             raise RuntimeError(f"{path}: {table.num_rows} rows in, {out.num_rows} out; shard left untouched")
-        write_atomic(path, out)
+        rewrite_shard(path, out)
     return table.num_rows, tally
 
 

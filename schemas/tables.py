@@ -1,10 +1,53 @@
-"""Arrow schemas of every table the pipeline writes. Writers and readers use these, nothing else."""
+"""Arrow schemas of every table the pipeline writes. Writers and readers use these, nothing else.
+
+Each schema is built once, from the parts above it; ``findings_table`` is the one way the
+validator's findings become Arrow columns.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pyarrow as pa
 
-# One row per kept tune of the ingest (tunes/part-*.parquet).
+# What the validator says of a tune (folkrnn.transforms.validator.Findings), as columns.
+PROBLEM = pa.struct([("code", pa.string()), ("bar", pa.int32()), ("token", pa.int32()), ("message", pa.string())])
+SECTION = pa.struct([
+    ("label", pa.string()), ("bars", pa.int32()), ("repeats", pa.bool_()), ("has_endings", pa.bool_()),
+    ("ends_on_tonic", pa.bool_()), ("start_bar", pa.int32()),
+])
+FINDINGS = pa.schema([
+    pa.field("valid", pa.bool_()),
+    pa.field("reasons", pa.list_(pa.string())),
+    pa.field("problems", pa.list_(PROBLEM)),
+    pa.field("bar_count", pa.int32()),
+    pa.field("bar_lengths_failed", pa.list_(pa.float32())),
+    pa.field("sections", pa.list_(SECTION)),
+    pa.field("form", pa.string()),
+    pa.field("standard_form", pa.bool_()),
+    pa.field("ends_on_tonic", pa.bool_()),
+    pa.field("pickup", pa.float32()),
+])
+
+
+def findings_row(findings: Any) -> dict:
+    """One tune's findings (a ``folkrnn.transforms.validator.Findings``) as the FINDINGS columns, by name."""
+    return {name: getattr(findings, name) for name in FINDINGS.names}
+
+
+def findings_table(findings: Sequence[Any]) -> pa.Table:
+    """Findings of many tunes (``Findings``, one a tune, in order) as a FINDINGS table.
+
+    Attributes are read directly: ``Findings.as_row()`` (``dataclasses.asdict``) deep-copies every
+    list, a cost Arrow's own copy makes useless.
+    """
+    return pa.table([pa.array([getattr(f, field.name) for f in findings], type=field.type) for field in FINDINGS],
+                    schema=FINDINGS)
+
+
+# One row per kept tune of the ingest (tunes/part-*.parquet), with the validator's findings: the
+# ingest stores them on real tunes too, so both corpora compare on one measure.
 TUNES = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),  # stable: collection, file and position
@@ -25,6 +68,7 @@ TUNES = pa.schema(
         pa.field("split", pa.string()),  # train or valid, from a hash of id
         pa.field("encoding", pa.string()),  # utf-8, or latin-1 when the file was not UTF-8
         pa.field("removed", pa.map_(pa.string(), pa.int32())),  # what cleaning dropped, by kind
+        *FINDINGS,
     ]
 )
 
@@ -75,34 +119,10 @@ GENERATED = pa.schema(
     ]
 )
 
-# What the validator says of a tune (folkrnn.transforms.validator.Findings), as columns.
-PROBLEM = pa.struct([("code", pa.string()), ("bar", pa.int32()), ("token", pa.int32()), ("message", pa.string())])
-SECTION = pa.struct([
-    ("label", pa.string()), ("bars", pa.int32()), ("repeats", pa.bool_()), ("has_endings", pa.bool_()),
-    ("ends_on_tonic", pa.bool_()), ("start_bar", pa.int32()),
-])
-FINDINGS_FIELDS = [
-    pa.field("valid", pa.bool_()),
-    pa.field("reasons", pa.list_(pa.string())),
-    pa.field("problems", pa.list_(PROBLEM)),
-    pa.field("bar_count", pa.int32()),
-    pa.field("bar_lengths_failed", pa.list_(pa.float32())),
-    pa.field("sections", pa.list_(SECTION)),
-    pa.field("form", pa.string()),
-    pa.field("standard_form", pa.bool_()),
-    pa.field("ends_on_tonic", pa.bool_()),
-    pa.field("pickup", pa.float32()),
-]
-FINDINGS = pa.schema(FINDINGS_FIELDS)
-
 # Generated tunes with the validator's findings (validate rewrites the shards with these columns).
-VALIDATED = pa.schema(list(GENERATED) + FINDINGS_FIELDS)
+VALIDATED = pa.schema([*GENERATED, *FINDINGS])
 
 # The published corpus: one hive partition per volume (corpus/volume=3/part-0.parquet); "volume"
 # is the partition column, so it is not stored inside the files.
-CORPUS = pa.schema(list(VALIDATED) + [pa.field("page", pa.int32())])
+CORPUS = pa.schema([*VALIDATED, pa.field("page", pa.int32())])
 CORPUS_PARTITIONING = pa.schema([pa.field("volume", pa.int32())])
-
-# The ingest stores the validator's findings on real tunes too, so both corpora compare on one measure.
-TUNES = pa.schema(list(TUNES) + FINDINGS_FIELDS)
-INGEST_TABLES["tunes"] = TUNES

@@ -22,7 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from folkrnn.schemas.tables import CORPUS, FINDINGS_FIELDS, GENERATED, VALIDATED
+from folkrnn.schemas.tables import CORPUS, FINDINGS, GENERATED, VALIDATED, findings_table
 from folkrnn.schemas.vocab import encode
 from folkrnn.transforms.abc.tokenize import detokenize
 from folkrnn.transforms.titles import title_for
@@ -105,9 +105,9 @@ def generated_table(numbers, findings: bool = True, titles: bool = True) -> pa.T
         return table
     from folkrnn.transforms.validator import validate_tokens
 
-    found = [validate_tokens(r["tokens"], r["truncated"]).as_row() for r in rows]
-    for f in FINDINGS_FIELDS:
-        table = table.append_column(f, pa.array([x[f.name] for x in found], f.type))
+    found = findings_table([validate_tokens(r["tokens"], r["truncated"]) for r in rows])
+    for f in FINDINGS:
+        table = table.append_column(f, found.column(f.name))
     return table.cast(VALIDATED)
 
 
@@ -199,10 +199,10 @@ def test_titles_are_deterministic_and_fit_the_meter():
 
 
 def test_volume_abc_is_abc_2_1_with_one_block_per_tune():
-    from folkrnn.pipeline.books import tune_start_lines, write_volume_abc
+    from folkrnn.transforms.abc.volume import tune_start_lines, volume_abc
 
     rows = [{"number": n, "title": title_for(n), "tokens": tune_tokens(n)[0]} for n in (5, 6, 7, 488)]
-    text = write_volume_abc(rows, 2, 10, "Book")
+    text = volume_abc(rows, 2, 10, "Book")
     assert text.startswith("%abc-2.1\n% Book, Volume 2 of 10: tunes 5-488 (4 tunes)\n")
     blocks = text.split("\n\n")[1:]
     assert len(blocks) == 4
@@ -211,7 +211,7 @@ def test_volume_abc_is_abc_2_1_with_one_block_per_tune():
         assert lines[:5] == [f"X:{row['number']}", f"T:{row['title']}", f"M:{row['tokens'][0][2:]}", "L:1/8",
                              f"K:{row['tokens'][1][2:]}"]
         assert block.strip("\n") == detokenize(row["tokens"], number=row["number"], title=row["title"]).strip("\n")
-    assert write_volume_abc(rows, 2, 10, "Book") == text
+    assert volume_abc(rows, 2, 10, "Book") == text
     assert tune_start_lines(text)[1] == [5, 6, 7, 488]
 
 
@@ -242,14 +242,14 @@ def valid_sample(count: int) -> list[int]:
 def test_tools_read_valid_tunes_without_error(tmp_path):
     import music21
 
-    from folkrnn.pipeline.books import write_volume_abc
+    from folkrnn.transforms.abc.volume import volume_abc
     from folkrnn.transforms.validator import validate_tokens
 
     numbers = valid_sample(48)  # six of each kind of tune
     rows = [{"number": n, "title": title_for(n), "tokens": tune_tokens(n)[0]} for n in numbers]
     assert all(validate_tokens(r["tokens"]).valid for r in rows)
     path = tmp_path / "sample.abc"
-    path.write_text(write_volume_abc(rows, 1, 1, "Sample"))
+    path.write_text(volume_abc(rows, 1, 1, "Sample"))
     ps = subprocess.run(["abcm2ps", "-S", "-O", str(tmp_path / "sample.ps"), str(path)], capture_output=True,
                         text=True, timeout=60)
     assert ps.returncode == 0, ps.stderr

@@ -141,6 +141,79 @@ def test_compile_removes_what_a_killed_run_left(tmp_path):
     assert keep.read_text() == "mine"
 
 
+def test_a_pdf_that_cannot_be_written_fails_its_volume_in_one_line_and_leaves_no_temporary(tmp_path, capsys):
+    """The PDF goes through atomic_write (ghostscript writes into the work folder): a PDF path that
+    is a folder fails that volume with one line naming it; no work folder or temporary file stays."""
+    data = write_dataset(str(tmp_path / "generated"), range(1, 11), shards=1)
+    volumes = tmp_path / "out" / "volumes"
+    (volumes / "folkrnn-volume-01.pdf" / "mine").mkdir(parents=True)
+    assert run_compile(data, "--out", str(tmp_path / "out"), "--quiet") == 1
+    failed = [line for line in capsys.readouterr().out.splitlines() if "FAILED" in line]
+    assert failed == [f"volume 1: FAILED: {volumes / 'folkrnn-volume-01.pdf'}: Is a directory"]
+    assert sorted(os.listdir(volumes)) == ["folkrnn-volume-01.abc", "folkrnn-volume-01.pdf"]
+    assert os.listdir(volumes / "folkrnn-volume-01.pdf") == ["mine"]
+
+
+def test_a_midi_folder_is_swapped_whole_and_a_killed_swap_is_cleaned_up(tmp_path):
+    from folkrnn.pipeline.books import remove_leftovers
+    from folkrnn.pipeline.midi import MIDI_PREFIX, replace_folder
+
+    midi = tmp_path / "out" / "volumes" / "midi"
+    target, new = midi / "folkrnn-volume-01", midi / (MIDI_PREFIX + "new")
+    for folder, names in ((target, ("tune-1.mid", "tune-2.mid")), (new, ("tune-3.mid",))):
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_bytes(b"MThd")
+    replace_folder(str(new), str(target))
+    assert sorted(os.listdir(midi)) == ["folkrnn-volume-01"] and os.listdir(target) == ["tune-3.mid"]
+    replace_folder(str(target), str(midi / "folkrnn-volume-02"))  # nothing there yet
+    assert os.listdir(midi) == ["folkrnn-volume-02"]
+    aside = midi / (MIDI_PREFIX + "replaced-0123456789ab")  # a swap killed between its renames
+    aside.mkdir()
+    assert remove_leftovers(str(tmp_path / "out")) == [str(aside)]
+    assert os.listdir(midi) == ["folkrnn-volume-02"]
+
+
+# Where a file may still be renamed into place by hand: atomic_write itself, folders swapped in
+# whole (the ingest's journal, a volume's MIDI folder), and a checkpoint downloaded to read.
+HAND_WRITTEN_RENAMES_ALLOWED = {
+    ("schemas/files.py", "_atomic_write"),
+    ("pipeline/midi.py", "replace_folder"),
+    ("pipeline/run_ingest.py", "finish_commit"),
+    ("model/generate.py", "local_checkpoint"),
+}
+
+
+def test_files_are_written_one_way():
+    """Issue 14: thirteen hand-written temp+rename writes (mkstemp in some, a fixed .tmp name in
+    others, fsync in some). Outside the places above, no module renames, moves or makes a
+    temporary file itself: it calls atomic_write (or write_parquet, write_json)."""
+    import ast
+
+    calls = {("os", "replace"), ("os", "rename"), ("shutil", "move"), ("tempfile", "mkstemp"),
+             ("tempfile", "NamedTemporaryFile")}
+
+    def renames(node: ast.AST, rel: str, function: str) -> list[str]:
+        """The calls above in ``node``, each with the function it is in (the innermost)."""
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node.name
+        found = []
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+                and (node.func.value.id, node.func.attr) in calls and (rel, function) not in HAND_WRITTEN_RENAMES_ALLOWED):
+            found.append(f"{rel}:{node.lineno} {node.func.value.id}.{node.func.attr}")
+        for child in ast.iter_child_nodes(node):
+            found += renames(child, rel, function)
+        return found
+
+    found = []
+    for folder in ("schemas", "transforms", "model", "pipeline", "benchmarks"):
+        for dirpath, _, names in os.walk(os.path.join(ROOT, folder)):
+            for name in sorted(n for n in names if n.endswith(".py")):
+                path = os.path.join(dirpath, name)
+                found += renames(ast.parse(open(path, encoding="utf-8").read(), path), os.path.relpath(path, ROOT), "")
+    assert not found, "write through folkrnn.schemas.files.atomic_write instead: " + ", ".join(found)
+
+
 # --- validate: every I/O failure is one line naming the path and the cause ---------------------------
 def small_dataset(path: str) -> str:
     return write_dataset(path, range(1, 21), shards=2, findings=False)

@@ -102,6 +102,32 @@ def test_validate_adds_the_findings_to_every_row(generated: str, capsys) -> None
     assert "bar_too_short" in out and "truncated" in out and "AABB" in out
 
 
+def test_one_findings_converter_for_validate_compile_and_ingest(generated: str) -> None:
+    """Issue 14: findings became Arrow in three places (validate, books, ingest), two of them named
+    ``with_findings`` with different signatures. Now ``findings_table``/``findings_row`` beside
+    FINDINGS are the one way, and all three commands give the same columns for the same tune."""
+    from folkrnn.pipeline.books import validated_table
+    from folkrnn.schemas.tables import INGEST_TABLES, findings_row, findings_table
+
+    plain = pq.read_table(generated)  # GENERATED only: nothing validated yet
+    found = [validate_tokens(t, bool(c)) for t, c in zip(plain.column("tokens").to_pylist(),
+                                                         plain.column("truncated").to_pylist())]
+    table = findings_table(found)
+    assert table.schema.equals(FINDINGS) and table.num_rows == plain.num_rows == 6
+    as_rows = [{name: f.as_row()[name] for name in FINDINGS.names} for f in found]
+    assert table.to_pylist() == pa.Table.from_pylist(as_rows, schema=FINDINGS).to_pylist()
+    assert [findings_row(f) for f in found] == as_rows
+    # compile validates on the way; validate writes the findings into the shards: the same columns
+    compiled = validated_table(plain).select(FINDINGS.names)
+    assert validate.run(parse(validate, generated, "--quiet")) == 0
+    assert compiled.equals(pq.read_table(generated).select(FINDINGS.names))
+    assert compiled.equals(table)
+    # the ingest puts them on each tune row, and its schema is built once, findings included
+    row = ingest_rows()[0]
+    assert {name: row[name] for name in FINDINGS.names} == findings_row(validate_tokens(row["tokens"]))
+    assert INGEST_TABLES["tunes"] is TUNES and TUNES.names[-len(FINDINGS):] == FINDINGS.names
+
+
 def test_validate_twice_writes_the_same_files(generated: str) -> None:
     validate.run(parse(validate, generated, "--quiet"))
     first = read_bytes(generated)

@@ -11,7 +11,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable
 
-from folkrnn.schemas.tables import FINDINGS
+from folkrnn.schemas.tables import findings_row
 from folkrnn.schemas.vocab import METER_TOKENS, MODE_TOKENS, TOKEN_TO_ID
 from folkrnn.transforms.abc.errors import TuneRejected
 from folkrnn.transforms.abc.tokenize import Tokenized, tokenize_tune
@@ -66,14 +66,8 @@ def tokenize_record(raw: RawTune, valid_fraction: float = 0.05) -> dict:
         "split": split_of(tune_id, valid_fraction),
         "encoding": raw.encoding,
         "removed": sorted(result.removed.items()),
-        **findings_columns(result.tokens),
+        **findings_row(validate_tokens(result.tokens)),
     }
-
-
-def findings_columns(tokens: list[str], truncated: bool = False) -> dict:
-    """The validator's verdict as the FINDINGS columns of folkrnn.schemas.tables."""
-    row = validate_tokens(tokens, truncated=truncated).as_row()
-    return {f.name: row[f.name] for f in FINDINGS}
 
 
 def process_record(raw: RawTune, valid_fraction: float = 0.05) -> tuple[str, dict]:
