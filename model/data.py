@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.errors import UsageError, setting
 from folkrnn.schemas.vocab import END_ID, START_ID, TOKEN_TO_ID, VOCAB_SIZE
 
 IGNORE = -100  # target id of padding; F.cross_entropy's default ignore_index
@@ -55,7 +55,7 @@ def load_tunes(path: str, valid_fraction: float = 0.05, only_valid: bool = False
     if os.path.isdir(path) or path.endswith(".parquet"):
         return read_parquet_tunes(path, only_valid)
     if only_valid:
-        raise UsageError("--only-valid needs the ingest's Parquet (it has the validator's verdicts)")
+        raise UsageError(f"{setting('only_valid')} needs the ingest's Parquet (it has the validator's verdicts)")
     train, valid = split_by_hash(read_folkrnn_text(path), valid_fraction)
     return TuneSet(train=train, valid=valid, source=path)
 
@@ -114,7 +114,7 @@ def split_by_hash(tunes: list[np.ndarray], valid_fraction: float) -> tuple[list[
     """The ``round(fraction * n)`` tunes with the smallest content hashes go to valid: the split
     depends on the tunes only, not on file order or a seed."""
     if not 0 <= valid_fraction < 1:
-        raise UsageError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
+        raise UsageError(f"{setting('valid_fraction')} must be in [0, 1), got {valid_fraction}")
     n_valid = int(round(valid_fraction * len(tunes)))
     if valid_fraction > 0 and len(tunes) > 1:
         n_valid = max(1, n_valid)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.errors import UsageError, setting
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -15,9 +15,10 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"{setting('device')} {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        raise UsageError(f"{setting('device')} cuda was asked for but no CUDA device is available; use "
+                         f"{setting('device')} cpu")
     return device
 
 

@@ -38,7 +38,7 @@ import torch
 from folkrnn.model.checkpoint import check_folder, save_checkpoint
 from folkrnn.model.network import MAX_LAYERS, FolkRNN, ModelConfig, ModelConfigError
 from folkrnn.model.safe_pickle import SCALARS, BoundedUnpickler, PickleRefused, check_expansion, counted
-from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.errors import UsageError, setting
 from folkrnn.schemas.vocab import TOKENS, VOCAB_SIZE
 
 PARAMS_PER_LAYER = 14
@@ -322,6 +322,6 @@ def import_folkrnn(pkl_path: str, out_path: str) -> dict:
 def check_out_path(out_path: str) -> None:
     """Refuse, before reading anything, an --out that is a folder or lies under a file."""
     if os.path.isdir(out_path):
-        raise UsageError(f"--out {out_path} is a folder; give the checkpoint's file name, e.g. "
+        raise UsageError(f"{setting('out')} {out_path} is a folder; give the checkpoint's file name, e.g. "
                          f"{os.path.join(out_path, 'folkrnn-v2.pt')}")
     check_folder(os.path.dirname(out_path), "the checkpoint")

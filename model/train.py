@@ -54,7 +54,7 @@ from folkrnn.model.devices import resolve_device
 from folkrnn.model.metrics import MetricsLog, plot_losses
 from folkrnn.model.network import FolkRNN, ModelConfig
 from folkrnn.model.optim import lr_at_epoch, make_optimizer
-from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.errors import UsageError, setting
 
 # What a resumed run may change; everything else comes from its checkpoint.
 RESUME_MAY_CHANGE = ("max_epochs", "max_steps", "checkpoint_every", "device", "precision")
@@ -192,7 +192,7 @@ def restoring(path: str):
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
         detail = " ".join(str(err).split())[:160]
         raise CheckpointError(f"{path}: its training state cannot be restored ({type(err).__name__}: {detail}); "
-                              f"start a new run from its weights with --init {path}") from None
+                              f"start a new run from its weights with {setting('init')} {path}") from None
 
 
 def checkpoint_paths(out_dir: str) -> tuple[str, str]:
@@ -270,7 +270,8 @@ def read_resume(path: str, data: TuneSet, cfg: TrainConfig | None) -> tuple[dict
     model_config = ModelConfig.from_dict(payload["model_config"])  # checked by read_payload
     if fingerprint != data.fingerprint():
         raise UsageError(f"the training data differ from those of {path} (fingerprint {data.fingerprint()} "
-                         f"!= {fingerprint}): resume with the same data (and --valid-fraction) it was trained on")
+                         f"!= {fingerprint}): resume with the same data (and {setting('valid_fraction')}) it was "
+                         "trained on")
     return payload, saved, model_config
 
 
@@ -359,7 +360,7 @@ def train_epoch(run: Run, state: TrainState, stop: _StopRequest, progress: bool)
             loss = float(total) / n_tokens
             if not math.isfinite(loss):  # raised before anything is saved: checkpoints stay finite
                 raise UsageError(f"training diverged at step {state.step + 1} (loss {loss}); nothing after step "
-                                 f"{state.step} is saved: lower --lr, or check the data")
+                                 f"{state.step} is saved: lower {setting('lr')}, or check the data")
             if run.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started

@@ -17,6 +17,7 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from folkrnn.schemas.errors import UsageError, describe_os_error
 
@@ -141,15 +142,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     args.beam_args = beam_args
-    return run_command(args.command, modules[args.command], args)
+    return run_command(args.command, modules[args.command], args, parsers[args.command])
 
 
-def run_command(name: str, module, args: argparse.Namespace) -> int:
+def flag_names(parser: argparse.ArgumentParser | None) -> Callable[[str], str]:
+    """A setting's name (a parser dest, ``valid_fraction``) -> its flag (``--valid-fraction``)."""
+    flags = {action.dest: max(action.option_strings, key=len)
+             for action in (parser._actions if parser else []) if action.option_strings}  # noqa: SLF001
+    return lambda name: flags.get(name, "--" + name.replace("_", "-"))
+
+
+def run_command(name: str, module, args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     """Run one subcommand; whatever goes wrong is one line on stderr."""
     try:
         return int(module.run(args) or 0)
     except UsageError as err:
-        print(f"folkrnn {name}: error: {err}", file=sys.stderr)
+        print(f"folkrnn {name}: error: {err.render(flag_names(parser))}", file=sys.stderr)
         return 2
     except OSError as err:
         print(f"folkrnn {name}: error: {describe_os_error(err)}", file=sys.stderr)

@@ -1,11 +1,32 @@
 """Errors a user can fix, defined at the bottom layer so every layer may raise them.
 
-The CLI prints them as one line, never a traceback.
+The CLI prints them as one line, never a traceback. A message names a setting with ``setting(name)``,
+never a command-line flag: the Python API shows the parameter (``valid_fraction``), the CLI maps it
+to its flag (``--valid-fraction``).
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+_MARK = "\x1f"  # (ASCII unit separator) around a setting's name inside a message
+
+
+def setting(name: str) -> str:
+    """A setting's name inside a UsageError message (``setting("valid_fraction")``)."""
+    return f"{_MARK}{name}{_MARK}"
 
 
 class UsageError(Exception):
     """A mistake in how a command was called or in its inputs; the message says how to fix it."""
+
+    def render(self, flag_of: Callable[[str], str] | None = None) -> str:
+        """The message, each ``setting(name)`` shown as ``flag_of(name)`` (default: the name itself)."""
+        parts = super().__str__().split(_MARK)
+        return "".join(flag_of(part) if i % 2 and flag_of else part for i, part in enumerate(parts))
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 def describe_os_error(err: OSError) -> str:
