@@ -131,7 +131,7 @@ class Sampler:
             raise ValueError(f"temperature must be in [0.01, 10], got {temperature}")
         prime_tokens = parse_prime(prime)
         if len(prime_tokens) >= max_tokens:
-            raise ValueError("the prime is as long as --max-tokens")
+            raise ValueError("the prime is as long as max_tokens")
         queue = iter(numbers)
         rows = max(batch_size, MIN_ROWS)
         dev, dtype, n = self.device, self.dtype, self.n_units

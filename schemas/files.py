@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from folkrnn.schemas.errors import UsageError
+from folkrnn.schemas.errors import UsageError, setting
 
 
 def _read_umask() -> int:
@@ -181,7 +181,7 @@ def folder_lock(path: str, command: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError(f"another folkrnn {command} is writing to {path}: wait for it to end or give "
-                             "another --out") from None
+                             f"another {setting('out')}") from None
         yield
     finally:
         os.close(fd)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from folkrnn.model.analysis.common import Context, Figure, Section, code, pct, pyplot
+from folkrnn.schemas.errors import UsageError, setting
 from folkrnn.schemas.vocab import BAR_TOKENS, METER_TOKENS, MODE_TOKENS, SPECIAL_TOKENS, TOKEN_TO_ID
 
 SEPARATOR = -1  # between corpus sequences; never in a query
@@ -146,8 +147,8 @@ class Corpus:
     split: list[str]
 
 
-class MissingCorpus(Exception):
-    pass
+class MissingCorpus(UsageError):
+    """The copying part needs the training tunes (an ingest dataset) and has none."""
 
 
 def load_corpus(ingest: str) -> Corpus:
@@ -157,7 +158,7 @@ def load_corpus(ingest: str) -> Corpus:
     files = sorted(glob.glob(os.path.join(ingest, "tunes", "part-*.parquet")))
     if not files:
         raise MissingCorpus(f"no ingest dataset at {ingest} (tunes/part-*.parquet); run `folkrnn ingest` or "
-                            "pass --ingest DIR")
+                            f"give {setting('ingest')} DIR")
     corpus = Corpus([], [], [], [])
     for path in files:
         table = pq.read_table(path, columns=["id", "title", "token_ids", "split"])
@@ -176,7 +177,7 @@ def analyze(ctx: Context) -> Section:
     numbers = ctx.numbers
     section = Section("copying", "Copying")
     if not ctx.settings.ingest:
-        raise MissingCorpus("no ingest dataset given (--ingest DIR)")
+        raise MissingCorpus(f"no ingest dataset given ({setting('ingest')} DIR)")
     corpus = load_corpus(ctx.settings.ingest)
     train = [i for i, s in enumerate(corpus.split) if s == "train"]
     held_out = [i for i, s in enumerate(corpus.split) if s != "train"][: ctx.settings.num_tunes]
