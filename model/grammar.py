@@ -321,6 +321,26 @@ class Grammar:
             return (~closed & repeated & (k < self.n_parts)) | (closed & ~repeated & done & next_repeated)
         return torch.zeros_like(done)  # no endings with a form
 
+    def _plan_from_body_start(self, full: torch.Tensor) -> torch.Tensor:
+        """Tokens of the cheapest tune body in a meter of ``full`` grid units a bar, ``</s>`` included."""
+        bars = sum(self.form.bars) if self.form is not None else 1
+        extra = self.ends_repeated if self.form is not None else 0
+        return bars * (self.fill[self.offset + full] + 1) + extra
+
+    def check_prime(self, tokens: list[str], max_tokens: int) -> None:
+        """ValueError unless the prime keeps to the grammar and leaves room to end the tune."""
+        if "*" in tokens:
+            raise ValueError("a prime with * (a token the model fills) cannot be sampled well-formed")
+        state = self.start(1)
+        for step, token in enumerate(tokens):
+            allowed = self.allowed(state, torch.tensor([step], device=self.device), max_tokens)[0]
+            if not bool(allowed[TOKENS.index(token)]):
+                raise ValueError(f"the prime is not well-formed at its token {step + 1} ({token}): a tune that "
+                                 "starts so cannot end valid" + (" within max_tokens" if allowed.any() else ""))
+            self.advance(state, torch.tensor([TOKENS.index(token)], device=self.device))
+        if not bool(self.allowed(state, torch.tensor([len(tokens)], device=self.device), max_tokens).any()):
+            raise ValueError(f"max_tokens {max_tokens} leaves no room to end a well-formed tune after the prime")
+
     def _plan_at_bar_start(self, s: State) -> torch.Tensor:
         """(rows,): tokens to end the tune from an empty bar (right after a bar line): ``</s>`` if
         it may come, else a full bar and what closes the tune."""
@@ -360,8 +380,12 @@ class Grammar:
         b = self._bars(s)
         budget = (max_tokens - 1 - steps).unsqueeze(1)  # tokens that may follow this one, </s> included
         mask = torch.zeros(s.pos.shape[0], len(TOKENS), dtype=torch.bool, device=self.device)
-        mask[:, ids[METER]] = (s.phase == 0).unsqueeze(1)
-        mask[:, ids[MODE]] = (s.phase == 1).unsqueeze(1)
+        # the header: a meter and a mode, if the cheapest tune in that meter fits the budget
+        m_ids = ids[METER]
+        meter_plan = 1 + self._plan_from_body_start(self.full_of[m_ids]).unsqueeze(0)
+        mask[:, m_ids] = (s.phase == 0).unsqueeze(1) & (meter_plan <= budget)
+        mode_ok = (s.phase == 1) & (self._plan_from_body_start(s.full) <= budget.squeeze(1))
+        mask[:, ids[MODE]] = mode_ok.unsqueeze(1)
         body = s.phase == 2
         in_chord = body & (s.chord > 0)
         free = body & (s.chord == 0) & (s.tuplet_left == 0)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from folkrnn.model.grammar import Form, Grammar
 from folkrnn.schemas.vocab import END_ID, START_ID, TOKEN_TO_ID, TOKENS
 
 MIN_ROWS = 16
@@ -34,6 +35,9 @@ class SampledTune:
     number: int
     token_ids: list[int]  # after <s>, without </s>; the prime included
     truncated: bool  # stopped at max_tokens before </s>
+    # well-formed sampling: sum over the model's free draws of log(probability mass the grammar
+    # allowed); 0 means the model's own choices were never constrained. None: unconstrained.
+    constraint_log_mass: float | None = None
 
     @property
     def tokens(self) -> list[str]:
@@ -125,13 +129,22 @@ class Sampler:
         batch_size: int = 1024,
         top_k: int = 0,
         top_p: float = 0.0,
+        well_formed: bool = False,
+        form: Form | None = None,
     ) -> Iterator[SampledTune]:
-        """Sample the given tune numbers; yields each tune as soon as it is finished (any order)."""
+        """Sample the given tune numbers; yields each tune as soon as it is finished (any order).
+
+        ``well_formed`` (implied by a ``form``): each draw is restricted to the tokens the grammar of
+        model/grammar.py allows, renormalised, so that every tune ends with ``</s>`` and is valid.
+        """
         if not 0.01 <= temperature <= 10:
             raise ValueError(f"temperature must be in [0.01, 10], got {temperature}")
         prime_tokens = parse_prime(prime)
         if len(prime_tokens) >= max_tokens:
             raise ValueError("the prime is as long as max_tokens")
+        grammar = Grammar(self.device, form) if well_formed or form is not None else None
+        if grammar is not None:
+            grammar.check_prime(prime_tokens, max_tokens)
         queue = iter(numbers)
         rows = max(batch_size, MIN_ROWS)
         dev, dtype, n = self.device, self.dtype, self.n_units
@@ -151,6 +164,9 @@ class Sampler:
         slot_step = torch.zeros(rows, dtype=torch.int64, device=dev)
         output = torch.zeros(rows, max_tokens, dtype=torch.int16, device=dev)
         arange = torch.arange(rows, device=dev)
+        if grammar is not None:
+            state = grammar.start(rows)
+            log_mass = torch.zeros(rows, dtype=torch.float64, device=dev)
 
         def refill(slots: torch.Tensor) -> int:
             """Give the listed slots the next tune numbers; returns how many got one."""
@@ -162,6 +178,9 @@ class Sampler:
             slot_number[taken] = torch.tensor(new_numbers, dtype=torch.int64, device=dev)
             slot_step[taken] = 0
             tokens_in[taken] = START_ID
+            if grammar is not None:
+                state.reset(taken)
+                log_mass[taken] = 0.0
             hidden[taken] = self.h0
             for k in range(n_layers):
                 cells[k][taken] = self.c0[k]
@@ -183,6 +202,14 @@ class Sampler:
             if inv_temperature != 1.0:
                 scores = scores * inv_temperature
             force = forced[slot_step.clamp(max=n_forced)]
+            live = slot_number >= 0
+            if grammar is not None:
+                # only what keeps the tune well-formed, renormalised; empty slots draw anything
+                allowed = grammar.allowed(state, slot_step, max_tokens) | ~live.unsqueeze(1)
+                masked = scores.masked_fill(~allowed, float("-inf"))
+                kept = torch.logsumexp(masked, -1) - torch.logsumexp(scores, -1)
+                log_mass += torch.where(live & (force < 0), kept, 0.0).double()
+                scores = masked
             if n_forced:
                 # a wildcard inside the prime is filled with a token, never with the end of the tune
                 wildcard = (slot_step < n_forced) & (force < 0)
@@ -194,8 +221,9 @@ class Sampler:
             u = counter_uniform(seed, slot_number, slot_step) * cdf[:, -1]
             drawn = torch.searchsorted(cdf, u.unsqueeze(1), right=True).squeeze(1).clamp_(max=len(TOKENS) - 1)
             next_token = torch.where(force >= 0, force, drawn)
+            if grammar is not None:
+                grammar.advance(state, next_token)
             # -- record, and hand finished slots their next tune --
-            live = slot_number >= 0
             output[arange, slot_step.clamp(max=max_tokens - 1)] = next_token.to(torch.int16)
             ended = live & (next_token == END_ID)
             full = live & ~ended & (slot_step + 1 >= max_tokens)
@@ -208,8 +236,10 @@ class Sampler:
                 numbers_done = slot_number[slots].tolist()
                 truncated = full[slots].tolist()
                 finished_rows = output[slots].tolist()
-                for number, length, was_truncated, row in zip(numbers_done, lengths, truncated, finished_rows):
-                    yield SampledTune(number, row[:length], was_truncated)
+                masses = log_mass[slots].tolist() if grammar is not None else [None] * len(slots)
+                for number, length, was_truncated, row, mass in zip(numbers_done, lengths, truncated,
+                                                                    finished_rows, masses):
+                    yield SampledTune(number, row[:length], was_truncated, mass)
                 active -= len(numbers_done)
                 active += refill(slots)
 
