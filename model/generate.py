@@ -40,6 +40,9 @@ class RunSettings:
     top_p: float = 0.0
     dtype: str = "fp32"
     shard_size: int = 1000
+    well_formed: bool = False  # the grammar of model/grammar.py masks every draw
+    form: str = ""  # with well_formed: parts to write, e.g. "AABB" ("": the model's choice)
+    bars_per_part: tuple[int, ...] = ()  # with a form: bars of each part
 
     def shards(self) -> list[tuple[int, int, int]]:
         """(shard index, first number, last number) for tunes 1..num_tunes."""
@@ -49,8 +52,12 @@ class RunSettings:
         return out
 
     def sample_kwargs(self) -> dict:
+        from folkrnn.model.grammar import Form
+
+        form = Form.parse(self.form, list(self.bars_per_part)) if self.form else None
         return {"seed": self.seed, "temperature": self.temperature, "prime": list(self.prime),
-                "max_tokens": self.max_tokens, "top_k": self.top_k, "top_p": self.top_p}
+                "max_tokens": self.max_tokens, "top_k": self.top_k, "top_p": self.top_p,
+                "well_formed": self.well_formed or form is not None, "form": form}
 
 
 @dataclass
@@ -105,6 +112,7 @@ def tune_row(tune, settings: RunSettings) -> dict:
         "token_ids": [TOKEN_TO_ID[t] for t in tokens],
         "length": len(tokens),
         "truncated": tune.truncated,
+        "constraint_log_mass": tune.constraint_log_mass,
         "abc": detokenize(tokens, number=tune.number, title=title),
     }
 

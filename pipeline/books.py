@@ -25,7 +25,14 @@ import pyarrow.compute as pc
 from folkrnn.pipeline.midi import MIDI_PREFIX, make_midi
 from folkrnn.pipeline.typeset import TYPESET_PREFIX, Typeset, typeset_volume
 from folkrnn.schemas.files import atomic_write, write_parquet
-from folkrnn.schemas.tables import CORPUS, FINDINGS, GENERATED, VALIDATED, findings_table
+from folkrnn.schemas.tables import (
+    CORPUS,
+    FINDINGS,
+    GENERATED,
+    LATER_GENERATED_COLUMNS,
+    VALIDATED,
+    findings_table,
+)
 from folkrnn.transforms.abc.typeset_source import Entry
 from folkrnn.transforms.abc.volume import plain_text, tune_abc, volume_abc
 from folkrnn.transforms.titles import title_for
@@ -62,7 +69,7 @@ def volume_stem(volume: int, n_volumes: int) -> str:
 # --- Rows in, corpus out ------------------------------------------------------------------------
 def missing_columns(schema: pa.Schema) -> list[str]:
     """GENERATED columns a dataset lacks (findings may be missing: they are computed)."""
-    return [f.name for f in GENERATED if f.name not in schema.names]
+    return [f.name for f in GENERATED if f.name not in schema.names and f.name not in LATER_GENERATED_COLUMNS]
 
 
 def validated_table(table: pa.Table) -> pa.Table:
@@ -71,6 +78,9 @@ def validated_table(table: pa.Table) -> pa.Table:
     Findings already present are kept; when any findings column is missing, all are computed
     with ``folkrnn.transforms.validator.validate_tokens`` from the tokens and the truncated flag.
     """
+    for name in LATER_GENERATED_COLUMNS:
+        if name not in table.schema.names:
+            table = table.append_column(GENERATED.field(name), pa.nulls(table.num_rows, GENERATED.field(name).type))
     if all(name in table.schema.names for name in FINDINGS.names):
         return table.select(VALIDATED.names).cast(VALIDATED)
     tokens = table.column("tokens").to_pylist()

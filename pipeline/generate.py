@@ -29,6 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prime", help="tokens to start every tune with ('*' = the model chooses), "
                                         "or an ABC fragment such as '|:GABc dedB|'")
     parser.add_argument("--max-tokens", type=int, default=1000, help="stop a tune here, flagged truncated")
+    parser.add_argument("--well-formed", action="store_true",
+                        help="every tune valid by construction: each draw keeps to the tokens that leave the tune "
+                             "well-formed (bar lengths, pickups, tuplets, chords, repeats, endings), renormalised; "
+                             "tunes end with </s> before --max-tokens")
+    parser.add_argument("--form", default="",
+                        help="with --well-formed (implied): the parts to write, e.g. AABB, AAB, ABB, AABBCC; "
+                             "repeated parts get |: :|, no endings")
+    parser.add_argument("--bars-per-part", default="8",
+                        help="with --form: bars of each part, one number or one per part (e.g. 8 or 8,16); "
+                             "a pickup and a part's lead-in do not count (default 8)")
     parser.add_argument("--batch-size", type=int, default=1024, help="tunes sampled at once (default 1024)")
     parser.add_argument("--shard-size", type=int, default=1000, help="tunes per Parquet shard (default 1000)")
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0: off)")
@@ -191,6 +201,11 @@ def check(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= args.top_p < 1 or args.top_k < 0:
         raise UsageError("--top-k must be >= 0 and --top-p in [0, 1)")
+    if args.form or args.well_formed:
+        args.well_formed = True
+        check_structure(args)
+    elif args.bars_per_part != "8":
+        raise UsageError("--bars-per-part needs --form (e.g. --form AABB --bars-per-part 8)")
     if args.dtype == "bf16":
         from folkrnn.model.devices import cpu_has_bf16, resolve_device
 
@@ -199,9 +214,42 @@ def check(args: argparse.Namespace) -> None:
             raise UsageError("this CPU has no bf16 instructions (avx512_bf16/amx_bf16); use --dtype fp32")
 
 
+def check_structure(args: argparse.Namespace) -> None:
+    """The --form and --bars-per-part given, parsed (a one-line error says what the tokens cannot write)."""
+    from folkrnn.model.grammar import Form
+
+    try:
+        counts = [int(n) for n in args.bars_per_part.split(",")]
+    except ValueError:
+        raise UsageError(f"--bars-per-part takes numbers like 8 or 8,16, not {args.bars_per_part!r}") from None
+    args.bars = tuple(counts)
+    if args.form:
+        try:
+            Form.parse(args.form, counts[0] if len(counts) == 1 else counts)
+        except ValueError as err:
+            raise UsageError(f"--form: {err}") from None
+        args.form = args.form.strip().upper()
+        if len(counts) == 1:
+            args.bars = tuple(counts * len(Form.parse(args.form, counts[0]).bars))
+
+
+def check_prime_for_grammar(args: argparse.Namespace, prime: list[str]) -> None:
+    """With --well-formed, the prime must keep to the grammar and leave room before --max-tokens."""
+    from folkrnn.model.grammar import Form, Grammar
+
+    form = Form.parse(args.form, list(args.bars)) if args.form else None
+    try:
+        Grammar("cpu", form).check_prime(prime, args.max_tokens)
+    except ValueError as err:
+        message = str(err).replace("max_tokens", "--max-tokens")
+        raise UsageError(f"--well-formed: {message}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     check(args)
     prime = build_prime(args.meter, args.mode, args.prime)
+    if args.well_formed:
+        check_prime_for_grammar(args, prime)
     numbers = parse_numbers(args.numbers) if args.numbers else None
     if args.threads:
         import torch
@@ -215,7 +263,9 @@ def run(args: argparse.Namespace) -> int:
     checkpoint_hash = checkpoint_id(args.checkpoint) if "://" not in args.checkpoint else args.checkpoint
     settings = RunSettings(checkpoint_id=checkpoint_hash, num_tunes=args.num_tunes, seed=args.seed,
                            temperature=args.temperature, prime=tuple(prime), max_tokens=args.max_tokens,
-                           top_k=args.top_k, top_p=args.top_p, dtype=args.dtype, shard_size=args.shard_size)
+                           top_k=args.top_k, top_p=args.top_p, dtype=args.dtype, shard_size=args.shard_size,
+                           well_formed=args.well_formed, form=args.form,
+                           bars_per_part=args.bars if args.form else ())
     if numbers is not None:
         return print_numbers(args, settings, numbers, model)
     return generate_run(args, settings, model)
@@ -235,9 +285,11 @@ def print_numbers(args: argparse.Namespace, settings, numbers: list[int], model)
 
 
 def generate_run(args: argparse.Namespace, settings, model) -> int:
+    from dataclasses import asdict
+
     from apache_beam.io.filesystems import FileSystems
 
-    from folkrnn.model.generate import SHARDS_DIR, Manifest, shard_done, shard_path
+    from folkrnn.model.generate import SHARDS_DIR, Manifest, RunSettings, shard_done, shard_path
     from folkrnn.schemas.files import write_json
 
     out = args.out
@@ -248,6 +300,9 @@ def generate_run(args: argparse.Namespace, settings, model) -> int:
     if FileSystems.exists(manifest_path) and not args.overwrite:
         with FileSystems.open(manifest_path) as handle:
             earlier = json.loads(handle.read().decode("utf-8"))["settings"]
+        # a setting added since the run was made counts as its default there
+        defaults = json.loads(json.dumps(asdict(RunSettings(checkpoint_id="", num_tunes=0))))
+        earlier = {**defaults, **earlier}
         if earlier != now["settings"]:
             changed = ", ".join(k for k in now["settings"] if earlier.get(k) != now["settings"][k])
             raise UsageError(f"{out} holds a run with other settings ({changed}); use another --out, or "

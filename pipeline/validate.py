@@ -65,7 +65,7 @@ def output_schema(schema: Any) -> Any:
     """VALIDATED for generated tunes, TUNES for an ingest's, else the columns plus the findings."""
     import pyarrow as pa
 
-    from folkrnn.schemas.tables import FINDINGS, GENERATED, TUNES, VALIDATED
+    from folkrnn.schemas.tables import FINDINGS, GENERATED, LATER_GENERATED_COLUMNS, TUNES, VALIDATED
 
     findings = set(FINDINGS.names)
     base = [f for f in schema if f.name not in findings]
@@ -73,6 +73,9 @@ def output_schema(schema: Any) -> Any:
     for plain, target in ((GENERATED, VALIDATED), (TUNES, TUNES)):
         if names == [f.name for f in plain if f.name not in findings]:
             return target
+    older = [f.name for f in GENERATED if f.name not in LATER_GENERATED_COLUMNS]
+    if names == older:  # written before the later columns: keep them out
+        return pa.schema([f for f in VALIDATED if f.name not in LATER_GENERATED_COLUMNS])
     return pa.schema(base + list(FINDINGS))
 
 

@@ -116,8 +116,13 @@ GENERATED = pa.schema(
         pa.field("length", pa.int32()),
         pa.field("truncated", pa.bool_()),  # stopped at --max-tokens before </s>
         pa.field("abc", pa.string()),  # the tune as ABC 2.1 text
+        # --well-formed runs: sum over the model's draws of log(probability mass the grammar allowed),
+        # <= 0; 0: the grammar never changed a choice. Null for unconstrained runs.
+        pa.field("constraint_log_mass", pa.float64()),
     ]
 )
+# Columns added after the first datasets were written: a dataset without them reads as nulls.
+LATER_GENERATED_COLUMNS = ("constraint_log_mass",)
 
 # Generated tunes with the validator's findings (validate rewrites the shards with these columns).
 VALIDATED = pa.schema([*GENERATED, *FINDINGS])
