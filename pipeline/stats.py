@@ -73,6 +73,15 @@ def compute_stats(path: str, where: str | None = None) -> dict[str, Any]:
                               f"WHERE {length} IS NOT NULL GROUP BY lo ORDER BY lo")
             stats["length"] = {"min": low, "max": high, "mean": round(float(mean), 1), "median": float(median),
                                "bin_width": width, "bins": _fill_bins(bins, width)}
+    stats["constraint"] = None
+    if "constraint_log_mass" in columns and length:
+        constrained, mean, median, per_token = _rows(
+            con, f"SELECT count(constraint_log_mass), avg(constraint_log_mass), median(constraint_log_mass), "
+                 f"avg(constraint_log_mass / greatest({length} + 1, 1)) FROM tunes")[0]
+        if constrained:
+            stats["constraint"] = {"tunes": constrained, "mean_log_mass": round(float(mean), 4),
+                                   "median_log_mass": round(float(median), 4),
+                                   "kept_per_token": round(math.exp(float(per_token)), 6)}
     stats["tokens"] = None
     if "tokens" in columns:
         by_token = _rows(con, "SELECT t, count(*) AS n FROM (SELECT unnest(tokens) AS t FROM tunes) "
@@ -159,6 +168,12 @@ def format_stats(stats: dict[str, Any]) -> str:
         for lo, n in length["bins"]:
             lines.append(f"  {lo:>5}-{lo + length['bin_width'] - 1:<5} {n:>9,}  {_bar(n, largest)}")
         lines.append("")
+    constraint = stats.get("constraint")
+    if constraint:
+        lines += [f"well-formed sampling ({constraint['tunes']:,} tunes): the grammar kept on average "
+                  f"{100 * constraint['kept_per_token']:.2f}% of the model's probability a token; removed per tune: "
+                  f"mean {-constraint['mean_log_mass']:.2f} nats, median {-constraint['median_log_mass']:.2f} nats "
+                  "(sum of -log of the mass kept at each draw)", ""]
     tokens = stats["tokens"]
     if tokens:
         lines.append(f"tokens: {tokens['total']:,} in all, {tokens['distinct']} distinct; by class:")
