@@ -327,19 +327,44 @@ class Grammar:
         extra = self.ends_repeated if self.form is not None else 0
         return bars * (self.fill[self.offset + full] + 1) + extra
 
-    def check_prime(self, tokens: list[str], max_tokens: int) -> None:
-        """ValueError unless the prime keeps to the grammar and leaves room to end the tune."""
-        if "*" in tokens:
-            raise ValueError("a prime with * (a token the model fills) cannot be sampled well-formed")
+    def check_prime(self, tokens: list[str], max_tokens: int) -> torch.Tensor:
+        """(len(tokens) x 137) bool: what each prime position may hold: its token, or for a ``*`` in
+        the header the meters (modes) with which the rest of the prime keeps to the grammar.
+        ValueError when the prime cannot start a well-formed tune within ``max_tokens``."""
+        if "*" in tokens[2:]:
+            raise ValueError("a prime for well-formed sampling may leave only its meter and mode to the model (*)")
+        options = torch.zeros(len(tokens), len(TOKENS), dtype=torch.bool, device=self.device)
+        meters = [m for m in self.ids[METER].tolist()] if tokens[:1] == ["*"] else [None]
+        problems = []
+        for meter in meters:
+            concrete = ([TOKENS[meter]] if meter is not None else tokens[:1]) + [
+                "K:Cmaj" if t == "*" else t for t in tokens[1:]]
+            problem = self._prime_problem(concrete, max_tokens)
+            if problem is None:
+                if meter is not None:
+                    options[0, meter] = True
+            else:
+                problems.append(problem)
+        if len(problems) == len(meters):
+            raise ValueError(problems[0])
+        for position, token in enumerate(tokens):
+            if token != "*":
+                options[position, TOKENS.index(token)] = True
+        if len(tokens) > 1 and tokens[1] == "*":
+            options[1, self.ids[MODE]] = True
+        return options
+
+    def _prime_problem(self, tokens: list[str], max_tokens: int) -> str | None:
         state = self.start(1)
         for step, token in enumerate(tokens):
             allowed = self.allowed(state, torch.tensor([step], device=self.device), max_tokens)[0]
             if not bool(allowed[TOKENS.index(token)]):
-                raise ValueError(f"the prime is not well-formed at its token {step + 1} ({token}): a tune that "
-                                 "starts so cannot end valid" + (" within max_tokens" if allowed.any() else ""))
+                return (f"the prime is not well-formed at its token {step + 1} ({token}): a tune that starts so "
+                        "cannot end valid" + (" within max_tokens" if allowed.any() else ""))
             self.advance(state, torch.tensor([TOKENS.index(token)], device=self.device))
         if not bool(self.allowed(state, torch.tensor([len(tokens)], device=self.device), max_tokens).any()):
-            raise ValueError(f"max_tokens {max_tokens} leaves no room to end a well-formed tune after the prime")
+            return f"max_tokens {max_tokens} leaves no room to end a well-formed tune after the prime"
+        return None
 
     def _plan_at_bar_start(self, s: State) -> torch.Tensor:
         """(rows,): tokens to end the tune from an empty bar (right after a bar line): ``</s>`` if

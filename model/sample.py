@@ -144,7 +144,7 @@ class Sampler:
             raise ValueError("the prime is as long as max_tokens")
         grammar = Grammar(self.device, form) if well_formed or form is not None else None
         if grammar is not None:
-            grammar.check_prime(prime_tokens, max_tokens)
+            prime_options = grammar.check_prime(prime_tokens, max_tokens)
         queue = iter(numbers)
         rows = max(batch_size, MIN_ROWS)
         dev, dtype, n = self.device, self.dtype, self.n_units
@@ -205,7 +205,11 @@ class Sampler:
             live = slot_number >= 0
             if grammar is not None:
                 # only what keeps the tune well-formed, renormalised; empty slots draw anything
-                allowed = grammar.allowed(state, slot_step, max_tokens) | ~live.unsqueeze(1)
+                allowed = grammar.allowed(state, slot_step, max_tokens)
+                if n_forced:  # a * in the prime's header: only what the rest of the prime allows
+                    in_prime = (slot_step < n_forced).unsqueeze(1)
+                    allowed &= ~in_prime | prime_options[slot_step.clamp(max=n_forced - 1)]
+                allowed |= ~live.unsqueeze(1)
                 masked = scores.masked_fill(~allowed, float("-inf"))
                 kept = torch.logsumexp(masked, -1) - torch.logsumexp(scores, -1)
                 log_mass += torch.where(live & (force < 0), kept, 0.0).double()
