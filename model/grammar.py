@@ -139,14 +139,28 @@ class State:
     e2: torch.Tensor  # counted bars of the second ending
     part: torch.Tensor  # with a Form: the part under way
 
+    @staticmethod
+    def zeros(rows: int, device: torch.device) -> State:
+        """A new state whose fields are the rows of one (fields x rows) matrix, ``data``: a whole
+        state is then written in one operation."""
+        data = torch.zeros(len(FIELDS), rows, dtype=torch.int64, device=device)
+        state = State(*data.unbind(0))
+        state.data = data
+        return state
+
+    def stacked(self) -> torch.Tensor:
+        return torch.stack([getattr(self, name) for name in FIELDS])
+
     def reset(self, rows: torch.Tensor) -> None:
         """Start these rows on a new tune."""
-        for f in fields(self):
-            getattr(self, f.name)[rows] = 0
+        self.data[:, rows] = 0
 
     def view(self) -> State:
         """A State sharing this one's tensors: fields are then replaced, never written in place."""
         return State(*[getattr(self, f.name) for f in fields(self)])
+
+
+FIELDS = tuple(f.name for f in fields(State))
 
 
 class Grammar:
@@ -155,6 +169,7 @@ class Grammar:
     def __init__(self, device: str | torch.device = "cpu", form: Form | None = None):
         self.device = dev = torch.device(device)
         self.form = form
+        self._afters: tuple | None = None  # (state, its states after each bar token), from ``allowed``
 
         def table(values: dict, default: int = 0) -> torch.Tensor:
             return torch.tensor([values.get(t, default) for t in TOKENS], dtype=torch.int64, device=dev)
@@ -197,8 +212,7 @@ class Grammar:
             self.ends_repeated = int(form.repeated[-1])
 
     def start(self, rows: int) -> State:
-        zeros = torch.zeros(rows, dtype=torch.int64, device=self.device)
-        return State(*[zeros.clone() for _ in fields(State)])
+        return State.zeros(rows, self.device)
 
     # -- bars: where the bar under way may end, and what finishing the tune costs ------------------
     def _bars(self, s: State) -> dict:
@@ -456,30 +470,33 @@ class Grammar:
         can = can & (~fused | (s.el == EL_NOTE).unsqueeze(1))
         mask[:, b_ids] = can & (self._plan_after_note(b, after_first, second, 1) <= budget)
 
-        # bar lines and the end
+        # bar lines and the end; the states after each bar token are kept for ``advance``
         ready = free & ~pending
+        afters = []
         for code, token in enumerate(self.bar_ids):
-            ok, after = self._bar(s, b, code, whole=False)
+            ok, after = self._bar(s, b, code, whole=True)
             mask[:, token] = ready & ok & (self._plan_at_bar_start(after) <= budget.squeeze(1))
+            afters.append(after)
+        self._afters = (s, afters)
         mask[:, END_ID] = self._end_ok(s, b)
         return mask
 
     # -- one token -----------------------------------------------------------------------------------
     def advance(self, s: State, tokens: torch.Tensor) -> None:
-        """Move every row's state by its token (in place); the token must have been allowed."""
+        """Move every row's state by its token (in place); the token must have been allowed. Right
+        after ``allowed`` on the same state, bar lines reuse the states it worked out."""
         kind = self.kind[tokens]
         bar = (s.phase == 2) & (kind == BAR)
         if bool(bar.any()):  # bar lines: the bar closes, the section machine acts
-            b = self._bars(s)
+            cached, self._afters = self._afters, None
+            afters = cached[1] if cached is not None and cached[0] is s else [
+                self._bar(s, self._bars(s), c, whole=True)[1] for c in range(5)]
             code = self.bar_code[tokens]
             for c in range(5):
                 rows = bar & (code == c)
                 if bool(rows.any()):
-                    _, after = self._bar(s, b, c, whole=True)
-                    for f in fields(State):
-                        new = getattr(after, f.name)
-                        if new is not getattr(s, f.name):
-                            getattr(s, f.name).copy_(torch.where(rows, new, getattr(s, f.name)))
+                    s.data.copy_(torch.where(rows, afters[c].stacked(), s.data))
+        self._afters = None
         n = s.view()
         header_meter = (s.phase == 0) & (kind == METER)
         n.full = torch.where(header_meter, self.full_of[tokens], s.full)
@@ -529,7 +546,4 @@ class Grammar:
         n.el = torch.where(tuplet, EL_NONE, el)
         n.length = length
         n.group = torch.where(bar, s.group, 0)  # anything but a bar token ends a bar line
-        for f in fields(State):
-            new = getattr(n, f.name)
-            if new is not getattr(s, f.name):
-                getattr(s, f.name).copy_(new)
+        s.data.copy_(n.stacked())
