@@ -219,10 +219,15 @@ def test_nudging_raises_the_share_of_the_nudged_tokens(tmp_path):
     nudged = nudging.nudge(model, ["C"], 3.0)
     assert float(nudged.out.bias[ID["C"]] - model.out.bias[ID["C"]]) == pytest.approx(3.0)
     ctx = Context(model, small_settings(), str(tmp_path))
-    results = nudging.sweep(ctx, "C")
+    both = nudging.sweep(ctx, "C")
+    results = both["plain"]
     shares = [results[d]["target_share"] for d in (-4.0, 0.0, 4.0)]
     assert shares[0] < shares[1] < shares[2] and shares[2] > 0.3
     assert {k: v for k, v in results[0.0].items() if k != "target_share"} == ctx.baseline().rates()
+    # the well-formed sampler beside it: valid whatever the nudge, and the nudge still takes hold
+    formed = both["well-formed"]
+    assert all(formed[d]["valid_rate"] == 1.0 and formed[d]["removed_per_tune"] >= 0 for d in formed)
+    assert formed[4.0]["target_share"] > formed[-4.0]["target_share"]
 
 
 # --- Copying -----------------------------------------------------------------------------------------

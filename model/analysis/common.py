@@ -89,6 +89,7 @@ class Generated:
     tokens: list[list[str]]
     truncated: list[bool]
     findings: list  # folkrnn.transforms.validator.Findings
+    log_mass: list | None = None  # well-formed sampling: per tune, the log of the probability mass kept
 
     def rates(self) -> dict[str, float]:
         n = max(len(self.tokens), 1)
@@ -99,6 +100,7 @@ class Generated:
             "ends_on_tonic_rate": sum(f.ends_on_tonic for f in self.findings) / n,
             "mean_length": float(np.mean([len(t) for t in self.tokens])) if self.tokens else 0.0,
             "truncated_rate": sum(self.truncated) / n,
+            **({"removed_per_tune": -float(np.mean(self.log_mass))} if self.log_mass else {}),
         }
 
     def valid_tunes(self) -> list[list[str]]:
@@ -112,18 +114,20 @@ def bar_valid(findings) -> bool:
     return findings.meter is not None and "empty_body" not in reasons and not BAR_REASONS & reasons
 
 
-def generate(model, settings: AnalysisSettings, num_tunes: int | None = None) -> Generated:
-    """Tunes 1..N of ``model`` with the batched sampler, validated."""
+def generate(model, settings: AnalysisSettings, num_tunes: int | None = None, well_formed: bool = False) -> Generated:
+    """Tunes 1..N of ``model`` with the batched sampler (``well_formed``: masked by the grammar), validated."""
     from folkrnn.model.sample import Sampler, sample_in_order
     from folkrnn.transforms.validator import validate_tokens
 
     numbers = list(range(1, (num_tunes or settings.num_tunes) + 1))
     sampler = Sampler(model, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[settings.dtype])
     tunes = sample_in_order(sampler, numbers, seed=settings.seed, temperature=settings.temperature,
-                            max_tokens=settings.max_tokens, batch_size=min(settings.batch_size, len(numbers)))
+                            max_tokens=settings.max_tokens, batch_size=min(settings.batch_size, len(numbers)),
+                            well_formed=well_formed)
     tokens = [t.tokens for t in tunes]
     truncated = [t.truncated for t in tunes]
-    return Generated(numbers, tokens, truncated, [validate_tokens(t, x) for t, x in zip(tokens, truncated)])
+    masses = [t.constraint_log_mass for t in tunes] if well_formed else None
+    return Generated(numbers, tokens, truncated, [validate_tokens(t, x) for t, x in zip(tokens, truncated)], masses)
 
 
 def model_copy(model):

@@ -1,7 +1,11 @@
 """Part 5, nudging: add a constant to the output bias of a class of tokens (a pitch, a duration, a
 mode, or a whole class such as ``bar``) and measure how the generated tunes change with its size:
 the valid rate, the bar-valid rate, the AABB 8+8 rate, the lengths, and how often the nudged
-tokens appear (which shows the nudge took hold)."""
+tokens appear (which shows the nudge took hold).
+
+Each setting is sampled twice: plainly, and well-formed (the grammar of model/grammar.py masks every
+draw). A nudge that breaks the plain sampler's counting leaves the well-formed one valid; what the
+grammar then had to remove (nats a tune) shows how hard the nudge pulled against the rules."""
 
 from __future__ import annotations
 
@@ -54,17 +58,22 @@ def target_share(generated: Generated, tokens: list[str]) -> float:
     return sum(x in members for t in generated.tokens for x in t) / total if total else 0.0
 
 
-def sweep(ctx: Context, spec: str) -> dict[float, dict[str, float]]:
-    """Rates of generated tunes for every delta of the settings, for one target."""
+SAMPLERS = ("plain", "well-formed")
+
+
+def sweep(ctx: Context, spec: str) -> dict[str, dict[float, dict[str, float]]]:
+    """Rates of generated tunes for every delta of the settings, for one target, per sampler."""
     tokens = resolve_target(spec)
-    out = {}
+    out: dict[str, dict[float, dict[str, float]]] = {name: {} for name in SAMPLERS}
     for delta in sorted(set(ctx.settings.nudge_deltas) | {0.0}):
-        if delta == 0:
-            generated = ctx.baseline()
-        else:
-            ctx.log(f"nudging {spec} by {delta:+g}")
-            generated = generate(nudge(ctx.model, tokens, delta), ctx.settings)
-        out[delta] = {**generated.rates(), "target_share": target_share(generated, tokens)}
+        ctx.log(f"nudging {spec} by {delta:+g}")
+        model = ctx.model if delta == 0 else nudge(ctx.model, tokens, delta)
+        for name in SAMPLERS:
+            if name == "plain" and delta == 0:
+                generated = ctx.baseline()
+            else:
+                generated = generate(model, ctx.settings, well_formed=name == "well-formed")
+            out[name][delta] = {**generated.rates(), "target_share": target_share(generated, tokens)}
     return out
 
 
@@ -74,17 +83,24 @@ def analyze(ctx: Context) -> Section:
     targets = list(ctx.settings.nudge_targets)
     for spec in targets:
         resolve_target(spec)  # refuse a bad target before any generation
-    results = {spec: sweep(ctx, spec) for spec in targets}
-    for spec, by_delta in results.items():
-        for delta, rates in by_delta.items():
-            for name, value in rates.items():
-                numbers.add("nudging", name, f"{spec}@{delta:+g}", value)
+    both = {spec: sweep(ctx, spec) for spec in targets}
+    results = {spec: by_sampler["plain"] for spec, by_sampler in both.items()}
+    formed = {spec: by_sampler["well-formed"] for spec, by_sampler in both.items()}
+    for spec in targets:
+        for sampler, by_delta in both[spec].items():
+            suffix = "" if sampler == "plain" else "@well-formed"
+            for delta, rates in by_delta.items():
+                for name, value in rates.items():
+                    numbers.add("nudging", name, f"{spec}@{delta:+g}{suffix}", value)
     plt = pyplot()
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.6 * len(METRICS), 3.2))
     for ax, metric in zip(axes, METRICS):
-        for spec in targets:
+        for k, spec in enumerate(targets):
             deltas = sorted(results[spec])
-            ax.plot(deltas, [results[spec][d][metric] for d in deltas], "o-", label=spec)
+            color = f"C{k}"
+            ax.plot(deltas, [results[spec][d][metric] for d in deltas], "o-", color=color, label=spec)
+            ax.plot(deltas, [formed[spec][d][metric] for d in deltas], "s--", color=color, alpha=0.7,
+                    label=f"{spec}, well-formed")
         ax.set_title(LABELS[metric], fontsize=9)
         ax.set_xlabel("bias added")
         if metric != "mean_length":
@@ -96,19 +112,25 @@ def analyze(ctx: Context) -> Section:
         high = max(by_delta)
         base = by_delta[0.0]
         top = by_delta[high]
+        kept = formed[spec][high]
         sentences.append(f"nudging {code(spec)} by {high:+g} takes its share of tokens from {pct(base['target_share'])} "
                          f"to {pct(top['target_share'])}, the valid rate from {pct(base['valid_rate'])} to "
                          f"{pct(top['valid_rate'])} and the mean length from {base['mean_length']:.0f} to "
-                         f"{top['mean_length']:.0f} tokens")
+                         f"{top['mean_length']:.0f} tokens, while the well-formed sampler stays "
+                         f"{pct(kept['valid_rate'])} valid with the nudged tokens at {pct(kept['target_share'])}, "
+                         f"the grammar removing {kept['removed_per_tune']:.1f} nats a tune")
     section.figures.append(Figure(ctx.savefig(fig, "nudging.png"), (
         f"What {ctx.settings.num_tunes} generated tunes per setting do when the output bias of one token (or class) "
-        f"is raised or lowered: " + "; ".join(sentences) + ".")))
-    rows = ["| nudged | bias | valid | bar-valid | AABB 8+8 | mean length | truncated | share nudged |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        f"is raised or lowered (solid: plain sampling; dashed: well-formed): " + "; ".join(sentences) + ".")))
+    rows = ["| nudged | bias | sampler | valid | bar-valid | AABB 8+8 | mean length | truncated | share nudged "
+            "| removed a tune |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for spec in targets:
-        for delta, r in sorted(results[spec].items()):
-            rows.append(f"| {cell(code(spec))} | {delta:+g} | {pct(r['valid_rate'])} | {pct(r['bar_valid_rate'])} | "
-                        f"{pct(r['standard_form_rate'])} | {r['mean_length']:.0f} | {pct(r['truncated_rate'])} | "
-                        f"{100 * r['target_share']:.1f}% |")
+        for delta in sorted(results[spec]):
+            for sampler, r in (("plain", results[spec][delta]), ("well-formed", formed[spec][delta])):
+                removed = f"{r['removed_per_tune']:.2f} nats" if "removed_per_tune" in r else "-"
+                rows.append(f"| {cell(code(spec))} | {delta:+g} | {sampler} | {pct(r['valid_rate'])} | "
+                            f"{pct(r['bar_valid_rate'])} | {pct(r['standard_form_rate'])} | {r['mean_length']:.0f} | "
+                            f"{pct(r['truncated_rate'])} | {100 * r['target_share']:.1f}% | {removed} |")
     section.table = "\n".join(rows)
     return section
