@@ -17,13 +17,24 @@ import sys
 from collections.abc import Callable
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
-def local_options(*extra: str) -> PipelineOptions:
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Two workers on two cores: torch's default of one thread per core in each would be four
+        # threads on two cores, and torch's threads wait for each other (spinning) at every step.
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def local_options(*extra: str):
+    """Options for the in-process DirectRunner (Beam imported here: the xdist controller never needs it)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     return PipelineOptions(["--runner=DirectRunner", *extra])
 
 
