@@ -4,7 +4,7 @@ models, and Beam pipelines on the in-process runner (never the Prism download).
 Run the command in this process (``folkrnn_main``) unless the test is about something only a real
 process shows: its death (kill -9, parent-death signals), resource limits (RLIMIT_FSIZE), mount
 namespaces, a hang cut short by a timeout, environment variables, what importing it loads, or the
-exit code and stderr of the installed entry point end to end (one such test per command). A child
+exit code and stderr of the real entry point end to end (one such test per command). A child
 process costs 2-3 s of imports; ``main`` in this process costs nothing once they are loaded.
 """
 
@@ -15,8 +15,12 @@ import resource
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from folkrnn.model.network import FolkRNN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -24,8 +28,9 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        # Two workers on two cores: torch's default of one thread per core in each would be four
-        # threads on two cores, and torch's threads wait for each other (spinning) at every step.
+        # One worker per core (make test): torch's default of a thread per core in each worker
+        # would put cores x cores threads on the cores, and torch's threads spin-wait for each
+        # other at every step. The tests never depend on the thread count.
         import torch
 
         torch.set_num_threads(1)
@@ -92,7 +97,7 @@ def folkrnn_main(capsys) -> Callable[..., subprocess.CompletedProcess]:
 
 # --- models ---------------------------------------------------------------------------------------
 def small_model(seed: int = 0, layers: int = 2, units: int = 16, dropout: float = 0.5, *, noise: float = 0.3,
-                end_bias: float = 0.0, training: bool = False):
+                end_bias: float = 0.0, training: bool = False) -> FolkRNN:
     """A small FolkRNN, the same for the same arguments: torch's initialisation from ``seed``, then
     every parameter moved by ``noise`` x N(0, 1) off its special initial value (zero biases, c0 = 0,
     orthogonal blocks), and ``end_bias`` added to the </s> logit (a few dozen tokens a tune keeps
