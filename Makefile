@@ -33,9 +33,12 @@ sysdeps:
 	  fi; \
 	fi
 
+# One pytest worker per core (pytest-xdist), each test file whole on one worker so that a file's
+# shared fixtures are built once. `make test PYTEST_ARGS=` runs them all in one process.
+PYTEST_ARGS ?= -n auto --dist loadfile
 test: setup
 	$(BIN)/ruff check pipeline transforms model schemas tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: setup
 	$(BIN)/folkrnn demo --out $(OUT)

@@ -17,22 +17,15 @@ from folkrnn.model.analysis.activations import FALLBACK_TUNE, bar_steps, run_sta
 from folkrnn.model.analysis.common import AnalysisSettings, Context, Generated, generate
 from folkrnn.model.analysis.timing import timeline
 from folkrnn.model.checkpoint import save_checkpoint
-from folkrnn.model.network import FolkRNN, ModelConfig
 from folkrnn.schemas.errors import UsageError
-from folkrnn.schemas.vocab import BAR_TOKENS, END_ID, TOKEN_TO_ID
+from folkrnn.schemas.vocab import BAR_TOKENS, TOKEN_TO_ID
 from folkrnn.transforms.validator import bar_lengths, validate_tokens
+from tests.conftest import small_model
 
 ID = TOKEN_TO_ID
 
 
-def tiny_model(seed: int = 0, layers: int = 2, units: int = 16) -> FolkRNN:
-    torch.manual_seed(seed)
-    model = FolkRNN(ModelConfig(n_layers=layers, n_units=units)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-        model.out.bias[END_ID] += 2.0  # short tunes keep generation quick
-    return model
+SHORT_TUNES = 2.0  # added to the </s> logit of the test models: short tunes keep generation quick
 
 
 def small_settings(**overrides) -> AnalysisSettings:
@@ -96,7 +89,7 @@ def test_rates_of_generated_tunes():
 
 # --- Parameters --------------------------------------------------------------------------------------
 def test_parameter_readouts_show_what_the_test_set(tmp_path):
-    model = tiny_model()
+    model = small_model(end_bias=SHORT_TUNES)
     n = model.layers[0].n_units
     with torch.no_grad():
         model.out.bias.zero_()
@@ -128,7 +121,7 @@ def test_enharmonic_pairs_come_from_pitch_arithmetic():
 
 
 def test_an_enharmonic_pair_with_equal_input_columns_ranks_first(tmp_path):
-    model = tiny_model(1)
+    model = small_model(1, end_bias=SHORT_TUNES)
     with torch.no_grad():
         model.layers[0].weight_ih[:, ID["_G"]] = model.layers[0].weight_ih[:, ID["^F"]]
         model.out.weight[ID["_g"]] = model.out.weight[ID["^f"]]
@@ -144,7 +137,7 @@ def test_an_enharmonic_pair_with_equal_input_columns_ranks_first(tmp_path):
 
 # --- Activations ---------------------------------------------------------------------------------------
 def test_states_match_the_network_and_mark_the_bar_lines():
-    model = tiny_model(2, layers=3, units=8)
+    model = small_model(2, layers=3, units=8, end_bias=SHORT_TUNES)
     ids = torch.tensor([[TOKEN_TO_ID["<s>"]] + [ID[t] for t in HAND_TUNE]])
     hs, cs, logits = run_states(model, ids)
     expected, state = model(ids)
@@ -178,7 +171,7 @@ def test_resampling_holds_the_last_token_read():
 
 
 def test_bar_probability_rows_follow_the_positions():
-    model = tiny_model(3)
+    model = small_model(3, end_bias=SHORT_TUNES)
     with torch.no_grad():
         model.out.bias[ID["|"]] = 30.0  # the model always wants a bar line
     (h, p_bar), = counting.read_tunes(model, [HAND_TUNE])
@@ -190,7 +183,7 @@ def test_bar_probability_rows_follow_the_positions():
 
 
 def test_silencing_zero_units_is_the_baseline_and_silenced_units_are_cut_off(tmp_path):
-    model = tiny_model(4)
+    model = small_model(4, end_bias=SHORT_TUNES)
     settings = small_settings()
     baseline = generate(model, settings)
     assert generate(counting.silence(model, 1, []), settings).tokens == baseline.tokens
@@ -215,7 +208,7 @@ def test_nudging_raises_the_share_of_the_nudged_tokens(tmp_path):
     assert set(nudging.resolve_target("bar")) == BAR_TOKENS
     with pytest.raises(UsageError):
         nudging.resolve_target("H")
-    model = tiny_model(5)
+    model = small_model(5, end_bias=SHORT_TUNES)
     nudged = nudging.nudge(model, ["C"], 3.0)
     assert float(nudged.out.bias[ID["C"]] - model.out.bias[ID["C"]]) == pytest.approx(3.0)
     ctx = Context(model, small_settings(), str(tmp_path))
@@ -271,15 +264,14 @@ def write_ingest(folder, tunes: list[list[str]]) -> str:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-    model = tiny_model(6)
+    model = small_model(6, end_bias=SHORT_TUNES)
     save_checkpoint(path, model, model.config)
     return path
 
 
-def test_cli_writes_a_report_with_every_part(tmp_path, checkpoint, monkeypatch, capsys):
+def test_cli_writes_a_report_with_every_part(tmp_path, checkpoint, capsys):
     from folkrnn.pipeline import cli
 
-    monkeypatch.setitem(cli.COMMANDS, "analyze", "folkrnn.pipeline.analyze")
     ingest = write_ingest(tmp_path / "ingest", [FALLBACK_TUNE, FALLBACK_TUNE[:40], HAND_TUNE])
     out = tmp_path / "report"
     code = cli.main(["analyze", checkpoint, "--out", str(out), "--num-tunes", "12", "--max-tokens", "50",
@@ -316,10 +308,10 @@ def test_missing_corpus_is_noted_unless_asked_for(tmp_path):
 
     assert CLI_PARTS == PARTS  # the CLI keeps its own copy so that --help does not import torch
     settings = small_settings(ingest=str(tmp_path / "none"))
-    result = run_analysis(tiny_model(), str(tmp_path / "out"), ("copying",), settings)
+    result = run_analysis(small_model(end_bias=SHORT_TUNES), str(tmp_path / "out"), ("copying",), settings)
     assert "Skipped: no ingest dataset" in result["report"]
     with pytest.raises(copying.MissingCorpus):
-        run_analysis(tiny_model(), str(tmp_path / "out"), ("copying",), settings, strict=True)
+        run_analysis(small_model(end_bias=SHORT_TUNES), str(tmp_path / "out"), ("copying",), settings, strict=True)
 
 
 def test_tune_from_abc_or_tokens(tmp_path):

@@ -181,9 +181,13 @@ def test_generate_threads(capsys):
         code, one_thread, err = run(capsys, "generate", DEMO, "--numbers", "3", "--threads", "1")
         assert code == 0, err
         assert torch.get_num_threads() == 1
+        # Without --threads the command keeps the process's threads: two here, whatever the test
+        # runner gave this process (tests/conftest.py gives each xdist worker one).
+        torch.set_num_threads(2)
+        code, default, _ = run(capsys, "generate", DEMO, "--numbers", "3")
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
-    code, default, _ = run(capsys, "generate", DEMO, "--numbers", "3")
     assert code == 0 and default == one_thread  # the thread count never changes a tune
     code, _, err = run(capsys, "generate", DEMO, "--numbers", "3", "--threads", "-1")
     assert code == 2 and "--threads" in one_line(err)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import resource
 import signal
 import stat
 import subprocess
@@ -22,16 +21,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import ROOT, file_size_limit, folkrnn, folkrnn_env, start_folkrnn
 from tests.test_books import generated_table, run_compile, write_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ON_LINUX = sys.platform.startswith("linux")
-
-
-def folkrnn(*argv: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "folkrnn.pipeline.cli", *argv], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
 # --- /proc ------------------------------------------------------------------------------------------
@@ -73,7 +66,7 @@ def test_kill_9_of_compile_leaves_no_process_and_the_next_run_builds_the_volumes
     data = write_dataset(str(tmp_path / "generated"), range(1, 601), shards=2)
     out = str(tmp_path / "out")
     argv = ("compile", data, "--out", out, "--per-volume", "300", "--jobs", "2", "--quiet")
-    first = folkrnn(*argv, start_new_session=True)  # its own process group, to find (and clean up) its tree
+    first = start_folkrnn(*argv, start_new_session=True)  # its own process group, to find (and clean up) its tree
     try:
         deadline = time.monotonic() + 90
         while not any(p["comm"] == "gs" for p in tree_of(first.pid, out).values()):
@@ -96,10 +89,9 @@ def test_kill_9_of_compile_leaves_no_process_and_the_next_run_builds_the_volumes
     volumes = os.path.join(out, "volumes")
     assert [n for n in os.listdir(volumes) if n.startswith(".")], "the killed run left no work folder?"
 
-    second = folkrnn(*argv)
-    stdout, stderr = second.communicate(timeout=120)
-    assert second.returncode == 0, stderr
-    assert "2 to build" in stdout
+    second = folkrnn(*argv, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "2 to build" in second.stdout
     names = sorted(os.listdir(volumes))
     assert names == [f"folkrnn-volume-{k}.{ext}" for k in ("01", "02") for ext in ("abc", "pdf", "report.json")]
     for k in ("01", "02"):
@@ -259,12 +251,8 @@ def test_validate_shard_write_failure_names_the_shard_and_the_real_cause(tmp_pat
     data = small_dataset(str(tmp_path / "generated"))
     before = folder_bytes(data)
     limit = 1024  # bytes: every rewritten shard is larger
-
-    def limited() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    done = folkrnn("validate", data, "--quiet", preexec_fn=limited)
-    stdout, stderr = done.communicate(timeout=120)
+    done = folkrnn("validate", data, "--quiet", preexec_fn=file_size_limit(limit), timeout=120)
+    stderr = done.stderr
     shard = os.path.join(data, "part-00000.parquet")
     assert done.returncode == 2, stderr
     assert "Traceback" not in stderr
@@ -293,9 +281,8 @@ def test_an_interrupted_generate_shard_is_never_read(tmp_path, how):
     folder = tmp_path / "generated"
     for k, numbers in enumerate((range(1, 21), range(21, 41))):
         write_shard(str(folder / f"part-{k:05d}.parquet"), generated_table(numbers, findings=False).to_pylist())
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run([sys.executable, "-c", WRITE_SHARD, str(folder / "part-00002.parquet"), how], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=folkrnn_env(), capture_output=True, text=True, timeout=120)
     left = sorted(n for n in os.listdir(folder) if n not in ("part-00000.parquet", "part-00001.parquet"))
     if how == "kill":  # killed mid-write (SIGXFSZ): the temporary file stays, dot-prefixed
         assert done.returncode == -signal.SIGXFSZ, done.stderr

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -18,7 +16,7 @@ from folkrnn.pipeline.run_ingest import IngestPlan, build_ingest
 from folkrnn.schemas.tables import DUPLICATES, REJECTS, TUNES
 from folkrnn.transforms.ingest import split_of
 from folkrnn.transforms.records import RawTune
-from tests.conftest import FIXTURES, local_options
+from tests.conftest import FIXTURES, folkrnn, local_options
 
 REEL = "X:1\nT:Reel\nM:4/4\nL:1/8\nK:G\n|:GABc dedB|dedB dedB:|\n"
 
@@ -128,21 +126,17 @@ def test_same_output_on_the_multiprocess_runner(fixture_ingest, tmp_path):
                 assert a.read() == b.read(), f"{name}/{shard} differs between runners"
 
 
-def folkrnn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "folkrnn.pipeline.cli", *args], capture_output=True, text=True,
-                          timeout=300)
-
-
-def test_cli_mistakes_are_one_line_errors(tmp_path):
-    result = folkrnn("ingest", str(tmp_path / "no-such-folder"), "--out", str(tmp_path / "o"))
+def test_cli_mistakes_are_one_line_errors(tmp_path, folkrnn_main):
+    result = folkrnn_main("ingest", str(tmp_path / "no-such-folder"), "--out", str(tmp_path / "o"))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no such file or folder" in result.stderr
     assert "Traceback" not in result.stderr
-    result = folkrnn("ingest", "--valid-fraction", "2", "--out", str(tmp_path / "o"))
+    result = folkrnn_main("ingest", "--valid-fraction", "2", "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "--valid-fraction" in result.stderr
 
 
 def test_cli_ingest_of_a_folder_prints_a_summary_that_adds_up(tmp_path):
+    """The entry point end to end, in a process of its own: the summary, and no runner download."""
     folder = tmp_path / "abc"
     folder.mkdir()
     with open(os.path.join(FIXTURES, "collection.abc"), "rb") as src:
@@ -156,7 +150,7 @@ def test_cli_ingest_of_a_folder_prints_a_summary_that_adds_up(tmp_path):
     assert text.count("\n\n") == 2 and text.startswith("M:")
 
 
-def test_cli_scrapes_from_a_local_server(tmp_path):
+def test_cli_scrapes_from_a_local_server(tmp_path, folkrnn_main):
     """URLs on the command line, served by http.server on 127.0.0.1; failures become rejects."""
     import functools
     import http.server
@@ -174,7 +168,7 @@ def test_cli_scrapes_from_a_local_server(tmp_path):
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         out = tmp_path / "out"
-        result = folkrnn("ingest", f"{base}/index.html", "--out", str(out), "--quiet", "--delay", "0")
+        result = folkrnn_main("ingest", f"{base}/index.html", "--out", str(out), "--quiet", "--delay", "0")
     finally:
         server.shutdown()
     assert result.returncode == 0, result.stderr

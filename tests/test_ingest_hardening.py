@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -28,9 +27,8 @@ from folkrnn.pipeline import cli
 from folkrnn.pipeline.run_ingest import JOURNAL, commit_staging, os_error_of, remove_leftovers
 from folkrnn.transforms.abc.split import looks_like_folkrnn_text
 from folkrnn.transforms.sources import split_json_array
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, ROOT, file_size_limit, folkrnn, folkrnn_env, start_folkrnn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLES = ("tunes", "duplicates", "rejects")
 NOTES = "CDEFGABcdefgab"
 
@@ -69,12 +67,6 @@ def ingest(capsys, *argv: str) -> tuple[int, str, str]:
     code = cli.main(["ingest", *argv, "--quiet"])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def folkrnn(*argv: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": ROOT}
-    return subprocess.Popen([sys.executable, "-m", "folkrnn.pipeline.cli", *argv], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
 def folder_bytes(folder) -> dict[str, bytes]:
@@ -122,12 +114,8 @@ def test_a_reingest_that_fails_writing_leaves_the_previous_output(tmp_path, caps
     before = folder_bytes(out)
     big = write(tmp_path / "big.abc", abc_tunes(400))
     limit = 16_000  # bytes: the first ingest's files are smaller, the new tunes shard is larger
-
-    def limited() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    run = folkrnn("ingest", big, "--out", out, "--quiet", preexec_fn=limited)
-    _, stderr = run.communicate(timeout=300)
+    run = folkrnn("ingest", big, "--out", out, "--quiet", preexec_fn=file_size_limit(limit))
+    stderr = run.stderr
     assert run.returncode == 2, stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert re.fullmatch(rf"folkrnn ingest: error: {re.escape(out)}/\.staging-[0-9a-f]{{12}}/tunes/"
@@ -141,7 +129,7 @@ def test_kill_9_during_a_reingest_keeps_the_previous_output_and_the_next_run_rep
     out = first_ingest(tmp_path, capsys)
     before = folder_bytes(out)
     big = write(tmp_path / "big.abc", abc_tunes(2000))
-    run = folkrnn("ingest", big, "--out", out, "--quiet")
+    run = start_folkrnn("ingest", big, "--out", out, "--quiet")
     try:
         deadline = time.monotonic() + 120
         while not any(n.startswith(".staging-") for n in os.listdir(out)):
@@ -317,9 +305,8 @@ def test_a_read_only_or_full_disk_is_one_line_and_the_previous_output_stays(tmp_
     """A real tmpfs of 64 KB in a private mount namespace: an ingest fits, the next one does not."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": ROOT, "DISK": str(disk), "HOW": how,
-           "SMALL": fixture_copy(tmp_path), "BIG": write(tmp_path / "big.abc", abc_tunes(2000)),
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    env = folkrnn_env(DISK=str(disk), HOW=how, SMALL=fixture_copy(tmp_path), BIG=write(tmp_path / "big.abc", abc_tunes(2000)),
+                      PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", UNSHARED], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.returncode, done.stderr)

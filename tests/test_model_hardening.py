@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import resource
 import stat
 import struct
 import subprocess
@@ -42,17 +41,11 @@ from folkrnn.model.network import (
 from folkrnn.model.train import TrainConfig, train
 from folkrnn.pipeline import cli
 from folkrnn.schemas.errors import UsageError
+from tests.conftest import ROOT, file_size_limit, folkrnn, folkrnn_env
 from tests.test_importer import original_metadata, py2_pickle
 from tests.test_train import synthetic_tunes, tune_set, write_text
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ModelConfig(n_layers=1, n_units=8)
-
-
-def folkrnn(*argv: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, "-m", "folkrnn.pipeline.cli", *argv], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
 
 
 def one_line(stderr: str) -> str:
@@ -143,11 +136,14 @@ def test_expected_shapes_are_the_networks(config):
     (["generate", "{ckpt}", "--out", "{tmp}/generated", "--runner", "DirectRunner", "--num-tunes", "3"],
      lambda p: p.update(model_config={"n_layers": 1}), "model_config lacks"),
 ])
-def test_crafted_configs_are_one_line_in_every_command(good_checkpoint, tmp_path, command, mutate, message):
+def test_crafted_configs_are_one_line_in_every_command(good_checkpoint, tmp_path, command, mutate, message,
+                                                     folkrnn_main):
     path = crafted(good_checkpoint, tmp_path / "bad.pt", mutate)
     write_text(str(tmp_path / "tunes.txt"), synthetic_tunes(10))
     argv = [arg.format(ckpt=path, tmp=tmp_path) for arg in command]
-    done = folkrnn(*argv)
+    # analyze in a process of its own: its one test of the entry point end to end (the other
+    # commands have theirs below: generate, import-folkrnn and train)
+    done = folkrnn(*argv) if command[0] == "analyze" else folkrnn_main(*argv)
     line = one_line(done.stderr)
     assert done.returncode == 2 and line.startswith(f"folkrnn {command[0]}: error: {path} is not a valid folkrnn "
                                                     "checkpoint: ") and message in line, done.stderr
@@ -257,8 +253,9 @@ def test_a_checkpoint_whose_pickle_would_hash_forever_is_refused(good_checkpoint
 
 # -- 9. a file that is not a checkpoint: our words, not torch's -----------------------------------------
 
-def test_model_card_is_not_a_folkrnn_checkpoint():
-    done = folkrnn("generate", "model/MODEL.md", "--numbers", "1")
+def test_model_card_is_not_a_folkrnn_checkpoint(folkrnn_main, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    done = folkrnn_main("generate", "model/MODEL.md", "--numbers", "1")
     assert done.returncode == 2
     assert one_line(done.stderr) == (
         "folkrnn generate: error: model/MODEL.md is not a folkrnn checkpoint: it is not a file torch saved, or it "
@@ -333,7 +330,7 @@ def test_a_nested_tuple_as_dict_key_is_refused_before_it_is_hashed(tmp_path):
     path = tmp_path / "tuple-key.pkl"
     path.write_bytes(with_configuration(nested_tuple_key()))
     done = subprocess.run([sys.executable, "-c", READ, str(path)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=20, env={**os.environ, "PYTHONPATH": ROOT})
+                          timeout=20, env=folkrnn_env())
     assert done.returncode == 1 and ("refusing to unpickle: a dict key is a tuple, not a name or number"
                                      in done.stderr), done.stderr
 
@@ -388,12 +385,6 @@ def test_an_oversized_model_in_a_pickle_is_refused_before_it_is_built(tmp_path):
 
 
 # -- 8. I/O failures of import and train: one line naming the path and the cause -----------------------
-
-def file_size_limit(limit: int):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return apply
-
 
 @pytest.fixture
 def v2_pickle(tmp_path) -> str:

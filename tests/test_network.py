@@ -8,6 +8,7 @@ import torch
 
 from folkrnn.model.network import FolkRNN, ModelConfig, recurrence
 from folkrnn.schemas.vocab import VOCAB_SIZE
+from tests.conftest import small_model
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -56,15 +57,6 @@ def numpy_forward(weights: dict, ids: np.ndarray) -> np.ndarray:
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs[:, t] = e / e.sum(axis=1, keepdims=True)
     return probs
-
-
-def small_model(layers: int = 2, units: int = 16, dropout: float = 0.5, seed: int = 0) -> FolkRNN:
-    torch.manual_seed(seed)
-    model = FolkRNN(ModelConfig(n_layers=layers, n_units=units, dropout=dropout))
-    with torch.no_grad():  # move every parameter off its special initial value (zero biases, c0 = 0 ...)
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return model
 
 
 def test_parameter_count_is_the_articles():

@@ -6,9 +6,7 @@ import argparse
 import csv
 import io
 import json
-import os
 import subprocess
-import sys
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,8 +17,6 @@ from folkrnn.pipeline import datasets as dataset_access
 from folkrnn.pipeline import query, stats
 from folkrnn.schemas.errors import UsageError
 from tests.test_books import run_compile, write_dataset
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -194,21 +190,19 @@ def test_dataset_folders_and_errors(tmp_path):
         query.run(query_args(str(tmp_path / "notes.txt")))
 
 
-def test_cli_prints_one_line_and_exits_2(datasets, tmp_path):
-    """Through the real entry point, as a user runs it."""
+def test_cli_prints_one_line_and_exits_2(datasets, tmp_path, folkrnn_main):
+    """Through the command's entry point, as a user runs it (tests/test_query_sandbox.py runs it as a
+    process of its own)."""
     for argv, message in [
         ((datasets["generated"], "--where", "meter = = 1"), "malformed --where"),
         ((datasets["generated"], "--columns", "number,nope"), "unknown column 'nope'"),
         ((str(tmp_path / "missing"),), "no dataset at"),
     ]:
-        proc = subprocess.run([sys.executable, "-m", "folkrnn.pipeline.cli", "query", *argv], cwd=ROOT, capture_output=True,
-                              text=True, timeout=120)
+        proc = folkrnn_main("query", *argv)
         assert proc.returncode == 2, proc.stderr
-        lines = [line for line in proc.stderr.splitlines() if "apitools" not in line]
+        lines = proc.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("folkrnn query: error: ") and message in lines[0], lines
-    proc = subprocess.run([sys.executable, "-m", "folkrnn.pipeline.cli", "query", datasets["corpus"], "--where",
-                           "number = 488", "--columns", "number,volume"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    proc = folkrnn_main("query", datasets["corpus"], "--where", "number = 488", "--columns", "number,volume")
     assert proc.returncode == 0 and proc.stdout.split("\n")[2].split() == ["488", "5"]
 
 

@@ -14,7 +14,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import threading
 
 import duckdb
@@ -25,9 +24,9 @@ import pytest
 
 from folkrnn.pipeline import datasets, query, stats
 from folkrnn.schemas.errors import UsageError
+from tests.conftest import folkrnn, folkrnn_env
 from tests.test_books import generated_table, run_compile, write_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "folkrnn-secret-7f3a9c"
 TUNES = 120
 PER_VOLUME = 20
@@ -187,10 +186,9 @@ def test_http_paths_are_not_fetched(data, tmp_path):
 def run_cli(*argv: str, home: str) -> subprocess.CompletedProcess:
     """The real entry point, with a fresh HOME (DuckDB keeps extensions in ~/.duckdb) and proxies that
     go nowhere, so any attempt to download an extension would show."""
-    env = dict(os.environ, HOME=home, http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
-               HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "folkrnn.pipeline.cli", *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env=env)
+    nowhere = "http://127.0.0.1:9"
+    return folkrnn(*argv, timeout=120, env=folkrnn_env(HOME=home, http_proxy=nowhere, https_proxy=nowhere,
+                                                       HTTP_PROXY=nowhere, HTTPS_PROXY=nowhere))
 
 
 def test_cli_refuses_in_one_line_with_exit_2(data, tmp_path):

@@ -4,38 +4,28 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from folkrnn.model.checkpoint import save_checkpoint
-from folkrnn.model.network import FolkRNN, ModelConfig
 from folkrnn.model.sample import Sampler, counter_uniform, sample_in_order
 from folkrnn.schemas.vocab import END_ID, TOKEN_TO_ID
+from tests.conftest import small_model
 
-
-def random_model(seed: int = 0, layers: int = 2, units: int = 32, scale: float = 0.3) -> FolkRNN:
-    torch.manual_seed(seed)
-    model = FolkRNN(ModelConfig(n_layers=layers, n_units=units)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * scale)
-        model.out.bias[END_ID] += 2.0  # tunes of a few dozen tokens keep the tests quick
-    return model
+SHORT_TUNES = 2.0  # added to the </s> logit of the test models: tunes of a few dozen tokens keep the tests quick
 
 
 @pytest.fixture(scope="module")
 def sampler() -> Sampler:
-    return Sampler(random_model())
+    return Sampler(small_model(units=32, end_bias=SHORT_TUNES))
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("ckpt") / "small.pt")
-    model = random_model(1)
+    model = small_model(1, units=32, end_bias=SHORT_TUNES)
     save_checkpoint(path, model, model.config)
     return path
 
@@ -83,7 +73,7 @@ def test_seed_and_temperature_matter(sampler):
 
 def test_sampler_matches_the_training_network(sampler):
     """The step loop computes the same distribution as FolkRNN.forward: greedy decoding agrees."""
-    model = random_model()
+    model = small_model(units=32, end_bias=SHORT_TUNES)
     with torch.no_grad():
         model.out.bias[END_ID] -= 50.0  # so the greedy tune is long
     greedy = Sampler(model)
@@ -111,26 +101,21 @@ def test_top_k_one_is_greedy(sampler):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_batch_size_does_not_change_tunes():
-    gpu = Sampler(random_model(), device="cuda")
+    gpu = Sampler(small_model(units=32, end_bias=SHORT_TUNES), device="cuda")
     a = sample_in_order(gpu, list(range(1, 51)), seed=3, max_tokens=80)
     b = sample_in_order(gpu, list(range(1, 51)), seed=3, max_tokens=80, batch_size=7)
     assert [t.token_ids for t in a] == [t.token_ids for t in b]
-
-
-def folkrnn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "folkrnn.pipeline.cli", *args], capture_output=True, text=True,
-                          timeout=600)
 
 
 def read_shards(folder: str) -> dict[str, bytes]:
     return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
 
 
-def test_generation_run_resumes_and_numbers_regenerate(checkpoint, tmp_path):
+def test_generation_run_resumes_and_numbers_regenerate(checkpoint, tmp_path, folkrnn_main):
     out = str(tmp_path / "run")
     args = ["generate", checkpoint, "--out", out, "--num-tunes", "45", "--shard-size", "20",
             "--max-tokens", "80", "--batch-size", "8", "--quiet"]
-    first = folkrnn(*args)
+    first = folkrnn_main(*args)
     assert first.returncode == 0, first.stderr
     shards = read_shards(os.path.join(out, "generated"))
     assert list(shards) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
@@ -139,26 +124,26 @@ def test_generation_run_resumes_and_numbers_regenerate(checkpoint, tmp_path):
     # an interrupted run: one shard missing, a leftover temporary file
     os.remove(os.path.join(out, "generated", "part-00001.parquet"))
     stamp = os.path.getmtime(os.path.join(out, "generated", "part-00000.parquet"))
-    again = folkrnn(*args)
+    again = folkrnn_main(*args)
     assert again.returncode == 0, again.stderr
     assert read_shards(os.path.join(out, "generated")) == shards
     assert os.path.getmtime(os.path.join(out, "generated", "part-00000.parquet")) == stamp
     # tune 23 by its number alone, at another batch size
-    single = folkrnn("generate", checkpoint, "--numbers", "23", "--max-tokens", "80")
+    single = folkrnn_main("generate", checkpoint, "--numbers", "23", "--max-tokens", "80")
     row = table.filter(table.column("number").to_numpy() == 23).to_pylist()[0]
     assert single.stdout.strip() == row["abc"].strip()
     assert row["checkpoint_id"] and row["title"] and row["length"] == len(row["tokens"])
     # other settings into the same folder are refused with one line
-    clash = folkrnn(*args[:-1], "--seed", "9")
+    clash = folkrnn_main(*args[:-1], "--seed", "9")
     assert clash.returncode == 2 and "other settings (seed)" in clash.stderr
 
 
-def test_beam_run_writes_the_same_shards(checkpoint, tmp_path):
+def test_beam_run_writes_the_same_shards(checkpoint, tmp_path, folkrnn_main):
     local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
     common = [checkpoint, "--num-tunes", "30", "--shard-size", "10", "--max-tokens", "60", "--quiet"]
-    assert folkrnn("generate", *common, "--out", local, "--batch-size", "64").returncode == 0
-    result = folkrnn("generate", *common, "--out", beam, "--batch-size", "5", "--runner", "DirectRunner",
-                     "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    assert folkrnn_main("generate", *common, "--out", local, "--batch-size", "64").returncode == 0
+    result = folkrnn_main("generate", *common, "--out", beam, "--batch-size", "5", "--runner", "DirectRunner",
+                          "--direct_num_workers=2", "--direct_running_mode=multi_processing")
     assert result.returncode == 0, result.stderr
     assert read_shards(os.path.join(local, "generated")) == read_shards(os.path.join(beam, "generated"))
 
@@ -169,8 +154,8 @@ def test_beam_run_writes_the_same_shards(checkpoint, tmp_path):
     (["--temperature", "0"], "--temperature must be between 0.01 and 10"),
     (["--prime", "M:6/8 K:Cmaj ZZ"], "cannot read --prime"),
 ])
-def test_generate_mistakes_are_one_line(checkpoint, tmp_path, flags, message):
-    result = folkrnn("generate", checkpoint, "--out", str(tmp_path / "x"), "--num-tunes", "2", *flags)
+def test_generate_mistakes_are_one_line(checkpoint, tmp_path, flags, message, folkrnn_main):
+    result = folkrnn_main("generate", checkpoint, "--out", str(tmp_path / "x"), "--num-tunes", "2", *flags)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -8,8 +8,6 @@ import json
 import os
 import select
 import socket
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,7 +23,6 @@ from folkrnn.pipeline.beam.scrape import ScrapeAbc
 from folkrnn.pipeline.run_ingest import IngestPlan, build_ingest
 from folkrnn.transforms.scrape import BAD_URL_COLLECTION, MAX_REDIRECTS, fetch, host_of
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNE = "X:1\nT:The Kesh\nM:6/8\nL:1/8\nK:G\n|:GAG GAB|ABA ABd|edd gdd|edB dBA:|\n|:g2e dBA|GAB AGE:|\n"
 PAGE_TUNE = "X:2\nT:Page Reel\nM:4/4\nL:1/8\nK:D\n|:d2fd A2FA|d2fd e2ce|d2fd A2FA|G2E2 D4:|\n"
 MALFORMED_LINK = "http://[::2/y.abc"
@@ -348,12 +345,9 @@ def test_ingest_with_malformed_urls_keeps_the_good_ones_and_counts_add_up(site, 
 
 @pytest.mark.parametrize("flag, value", [("--per-host", "0"), ("--delay", "-1"), ("--timeout", "0"),
                                          ("--timeout", "nan"), ("--delay", "inf")])
-def test_bad_scraping_flags_are_one_line_errors(tmp_path, flag, value):
+def test_bad_scraping_flags_are_one_line_errors(tmp_path, flag, value, folkrnn_main):
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "folkrnn.pipeline.cli", "ingest", "http://127.0.0.1:9/x.abc", flag, value, "--out", str(out)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=60,
-    )
+    done = folkrnn_main("ingest", "http://127.0.0.1:9/x.abc", flag, value, "--out", str(out))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr

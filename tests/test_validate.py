@@ -6,6 +6,7 @@ tests/test_music.py."""
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 import apache_beam as beam
@@ -22,6 +23,7 @@ from folkrnn.schemas.vocab import METER_TOKENS, MODE_TOKENS, TOKENS
 from folkrnn.transforms.validator import (
     BEAM_COLUMNS,
     REASON_CODES,
+    REASON_DESCRIPTIONS,
     Findings,
     SummaryTally,
     bar_lengths,
@@ -29,6 +31,7 @@ from folkrnn.transforms.validator import (
     summarize,
     validate_tokens,
 )
+from folkrnn.transforms.validator import check as check_module
 
 
 def check(text: str, truncated: bool = False) -> Findings:
@@ -508,9 +511,54 @@ def test_non_string_tokens_are_unknown() -> None:
     assert "internal_error" not in findings.reasons
 
 
-def test_reason_codes_constant() -> None:
-    assert len(set(REASON_CODES)) == len(REASON_CODES)
-    assert all(code.replace("_", "").isalpha() and code.islower() for code in REASON_CODES)
+# One tune for each reason code the rules give.
+A_TUNE_FOR_EACH_REASON = {
+    "missing_meter": "K:Cmaj c 8 |",
+    "missing_key": "M:4/4 c 8 |",
+    "duplicate_meter": "M:4/4 M:3/4 K:Cmaj c 8 |",
+    "duplicate_key": "M:4/4 K:Cmaj K:Cmin c 8 |",
+    "header_order": "K:Cmaj M:4/4 c 8 |",
+    "header_in_body": "M:4/4 K:Cmaj c 8 | M:3/4 c 8 |",
+    "misplaced_start": "M:4/4 K:Cmaj c 8 | <s> c 8 |",
+    "tokens_after_end": "M:4/4 K:Cmaj c 8 | </s> c 8 |",
+    "unknown_token": "M:4/4 K:Cmaj c 8 | foo | c 8 |",
+    "empty_body": "M:4/4 K:Cmaj",
+    "duration_without_note": "M:4/4 K:Cmaj 2 c 7 | c 8 |",
+    "broken_without_pair": "M:4/4 K:Cmaj > c 7 | c 8 |",
+    "tuplet_incomplete": "M:4/4 K:Cmaj (3 c d | e 8 |",
+    "unclosed_chord": "M:4/4 K:Cmaj [ C E | c 8 |",
+    "unmatched_chord_close": "M:4/4 K:Cmaj c 8 ] | c 8 |",
+    "empty_chord": "M:4/4 K:Cmaj [ ] c 8 | c 8 |",
+    "bar_too_long": "M:4/4 K:Cmaj c 8 | d 9 | c 8 |",
+    "bar_too_short": "M:4/4 K:Cmaj c 8 | d 4 | e 8 |",
+    "unmatched_ending": "M:4/4 K:Cmaj c 8 | d 8 |2 e 8 |",
+    "ending_without_repeat": "M:4/4 K:Cmaj |: c 8 |1 d 8 | |2 e 8 |",
+    "unclosed_repeat": "M:4/4 K:Cmaj |: c 8 | d 8 |",
+    "unmatched_repeat_end": "M:4/4 K:Cmaj :| c 8 | d 8 |",
+}
+
+
+def test_every_reason_code_is_given_for_some_tune_and_described_in_the_summary(monkeypatch) -> None:
+    """No code is listed that no rule gives (or given that is not listed): a tune for each of
+    them gets it, "truncated" comes from the flag, "internal_error" from a validator that fails;
+    the summary describes each."""
+    findings = [check(text) for text in A_TUNE_FOR_EACH_REASON.values()]
+    for code, found in zip(A_TUNE_FOR_EACH_REASON, findings):
+        assert code in found.reasons, (code, found.problems)
+    findings.append(check(REEL, truncated=True))
+    assert findings[-1].reasons == ["truncated"]
+
+    def broken(tokens: list, truncated: bool) -> Findings:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(check_module, "_validate", broken)
+    findings.append(check(REEL))
+    assert findings[-1].reasons == ["internal_error"] and "ZeroDivisionError" in findings[-1].problems[0]["message"]
+    given = {code for found in findings for code in found.reasons}
+    assert given == set(REASON_CODES)
+    text = format_summary(summarize(findings))
+    for code in REASON_CODES:
+        assert re.search(rf"^  {code} +\d+  {re.escape(REASON_DESCRIPTIONS[code])}$", text, re.MULTILINE), code
 
 
 def test_rows_convert_to_arrow() -> None:

@@ -6,8 +6,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
-import sys
 from collections import Counter
 
 import pyarrow as pa
@@ -22,6 +20,7 @@ from folkrnn.transforms.abc.tokenize import detokenize
 from folkrnn.transforms.ingest import process_record
 from folkrnn.transforms.records import RawTune
 from folkrnn.transforms.validator import validate_tokens
+from tests.conftest import folkrnn
 
 REEL = ("M:4/4 K:Cmaj |: c 2 e c g c e c | d 2 f d a d f d | c 2 e c g c e c | B G A B c 4 :| "
         "|: g 2 e g c' g e g | f 2 d f a f d f | g 2 e g c' g e g | f d B d c 4 :|")
@@ -219,24 +218,12 @@ def test_validate_rejects_zero_workers(generated: str) -> None:
         validate.run(parse(validate, generated, "--workers", "0"))
 
 
-# Runs the real command line; registers the two commands in the child process only, so the
-# test holds before and after pipeline/cli.py lists them.
-CLI = ("import sys; from folkrnn.pipeline import cli; cli.COMMANDS.setdefault('validate', 'folkrnn.pipeline.validate'); "
-       "cli.COMMANDS.setdefault('compare', 'folkrnn.pipeline.compare'); sys.exit(cli.main(sys.argv[1:]))")
-
-
-def folkrnn(*argv: str) -> subprocess.CompletedProcess:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return subprocess.run([sys.executable, "-c", CLI, *argv], capture_output=True, text=True, cwd=root,
-                          timeout=120)
-
-
-def test_validate_command_line(generated: str, tmp_path) -> None:
-    done = folkrnn("validate", generated, "--quiet")
+def test_validate_command_line(generated: str, tmp_path, folkrnn_main) -> None:
+    done = folkrnn_main("validate", generated, "--quiet")
     assert done.returncode == 0, done.stderr
     assert "valid: 3 (50.0%)" in done.stdout
     assert pq.read_table(os.path.join(generated, "part-00000.parquet")).schema.equals(VALIDATED)
-    missing = folkrnn("validate", str(tmp_path / "nothing"))
+    missing = folkrnn_main("validate", str(tmp_path / "nothing"))
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1].startswith("folkrnn validate: error: no such dataset")
     assert "Traceback" not in missing.stderr
@@ -330,6 +317,7 @@ def test_compare_missing_dataset(two_datasets, tmp_path) -> None:
 
 
 def test_compare_command_line(two_datasets) -> None:
+    """The entry point end to end, in a process of its own."""
     a, b = two_datasets
     done = folkrnn("compare", a, b, "--quiet")
     assert done.returncode == 0, done.stderr
