@@ -27,6 +27,9 @@ keeps the state small; never looser:
 * A ``Form`` (``--form AABB --bars-per-part 8``): parts in order, each repeated (``:|``) or not,
   each closed after exactly its number of counted bars (pickups and lead-ins do not count), no
   endings.
+
+Why one module of about 550 lines: the state's fields, the mask built from them and the move by one
+token are one machine; split apart, each half would have to re-state the other's invariants.
 """
 
 from __future__ import annotations
