@@ -46,7 +46,7 @@ from folkrnn.schemas.music import (
     TUPLET_NOTES,
     tuplet_q,
 )
-from folkrnn.schemas.vocab import END_ID, METERS, TOKENS
+from folkrnn.schemas.vocab import METERS, TOKENS
 
 G = 96  # grid units to the eighth
 CHORD_MAX = 4
@@ -207,12 +207,34 @@ class Grammar:
                                        device=dev)
         self.ids = {k: torch.nonzero(self.kind == k).squeeze(1) for k in range(12)}
         self.bar_ids = [TOKENS.index(t) for t in BAR_TOKENS]
+        self.codes = torch.arange(len(BAR_TOKENS), device=dev).unsqueeze(1)  # (5, 1): a row per bar token
+        self.is_code = [self.codes == code for code in range(len(BAR_TOKENS))]
+        # what ``allowed`` looks up for the tokens of one kind, as (1 x tokens of that kind) rows
+        t_ids, d_ids, b_ids = self.ids[TUPLET], self.ids[DUR], self.ids[BROKEN]
+        self.tuplet_times = [self.tuplet_time[c][t_ids].unsqueeze(0) for c in (0, 1)]
+        self.tuplet_ps = self.tuplet_p[t_ids].unsqueeze(0)
+        self.dur_nums, self.dur_dens = self.dur_num[d_ids].unsqueeze(0), self.dur_den[d_ids].unsqueeze(0)
+        self.broken_fused = (self.fused[b_ids] == 1).unsqueeze(0)
+        self.broken_fused_nums = self.fused_num[b_ids].unsqueeze(0)
+        self.broken_fused_dens = self.fused_den[b_ids].unsqueeze(0)
+        self.broken_first_nums = self.first_num[b_ids].unsqueeze(0)
+        self.broken_first_dens = self.first_den[b_ids].unsqueeze(0)
+        self.broken_second_bases = self.base_index[self.second4[b_ids]].unsqueeze(0)
+        # the mask's columns: one per kind allowed as a whole (pitches, rests, [, ], modes, </s>, and a
+        # never-allowed one for <s>), then one per meter, tuplet, duration, broken rhythm and bar token
+        kind_columns = {PITCH: 0, REST: 1, OPEN: 2, CLOSE: 3, MODE: 4, END: 5, START: 6}
+        per_token = [i for k in (METER, TUPLET, DUR, BROKEN) for i in self.ids[k].tolist()] + self.bar_ids
+        column = {token: 7 + n for n, token in enumerate(per_token)}
+        self.column_of_token = torch.tensor(
+            [column.get(t, kind_columns.get(int(self.kind[t]))) for t in range(len(TOKENS))], device=dev)
         if form is not None:
             n = self.n_parts = len(form.bars)
             self.part_bars = torch.tensor(list(form.bars) + [0], device=dev)
             self.part_repeated = torch.tensor(list(form.repeated) + [False], device=dev)
             self.bars_after = torch.tensor([sum(form.bars[k + 1:]) for k in range(n)] + [0], device=dev)
             self.ends_repeated = int(form.repeated[-1])
+        # 1 + the cheapest tune in each meter, after the meter token: (1 x meters)
+        self.meter_plan = 1 + self._plan_from_body_start(self.full_of[self.ids[METER]]).unsqueeze(0)
 
     def start(self, rows: int) -> State:
         return State.zeros(rows, self.device)
@@ -252,91 +274,72 @@ class Grammar:
         a full bar, at its cheapest length."""
         return self.after_note[base, (gap + self.offset).clamp(0, self.offset + self.longest)] + b["closing"].unsqueeze(1) + extra
 
-    def _may_close(self, s: State, b: dict, closing: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(may close, counts) for ending the bar under way with the bar token of code ``closing`` or
-        the end (-1): an empty bar at the start or at the end, a full bar, a pickup or lead-in (not
-        at the end), a completion (only by :| or the end)."""
-        empty = ~b["notes"] & ((s.bars == 0) if closing >= 0 else (s.bars > 0))
-        completes = b["completes"] if closing in (CLOSE_REPEAT, -1) else torch.zeros_like(empty)
-        free_short = b["free_short"] if closing >= 0 else torch.zeros_like(empty)
-        return empty | b["full_bar"] | free_short | completes, b["full_bar"] | completes
-
-    def _bar(self, s: State, b: dict, code: int, whole: bool) -> tuple[torch.Tensor, State]:
-        """(allowed, state after) for the bar token of ``code``: the bar under way closes (at the first
-        token of a bar line), then the validator's section machine acts. ``whole``: build every field
-        of the state after (else only what ``_plan_at_bar_start`` reads)."""
+    def _bar_lines(self, s: State, b: dict) -> tuple[torch.Tensor, State]:
+        """(ok, after) for the five bar tokens at once, each a row of a (5 x rows) computation: the bar
+        under way closes (at the first token of a bar line), then the validator's section machine
+        acts. ``after`` is the State after each token, its fields (5 x rows) or broadcastable to it."""
+        is_plain, is_open, is_close, is_first, is_second = self.is_code
         start = s.group == 0
-        may_close, counted = self._may_close(s, b, code)
-        counted = counted & start
         notes = b["notes"] & start
-        n = s.view()
+        # may close: an empty bar at the start, a full bar, a pickup or lead-in, a completion (only by :|)
+        completes = b["completes"] & is_close
+        may_close = (~b["notes"] & (s.bars == 0)) | b["full_bar"] | b["free_short"] | completes
+        counted = (b["full_bar"] | completes) & start
         add = counted.long()
-        n.sec_counted = s.sec_counted + add
-        n.e1 = s.e1 + add * (s.sphase == E1)
-        n.e2 = s.e2 + add * (s.sphase == E2)
-        n.bars = s.bars + notes.long()
-        n.need_more = torch.where(notes, b["free_short"].long(), s.need_more)
-        if whole:
-            n.sec_bars = s.sec_bars + notes.long()
-            n.pickup = torch.where(notes & (s.bars == 0) & (s.pos < s.full), s.pos, s.pickup)
-            n.sec_first = torch.where(notes & (s.sec_bars == 0) & (s.pos < s.full), s.pos, s.sec_first)
-            n.next_full = torch.where(start, (b["free_short"] & (s.bars > 0) & (code == PLAIN)).long(), s.next_full)
+        sec_counted = s.sec_counted + add
+        e1 = s.e1 + add * (s.sphase == E1)
+        e2 = s.e2 + add * (s.sphase == E2)
+        sec_bars = s.sec_bars + notes.long()
+        sec_first = torch.where(notes & (s.sec_bars == 0) & (s.pos < s.full), s.pos, s.sec_first)
+        section = (s.sphase, s.opened, sec_counted, e1, e2, sec_bars, sec_first)
         # the second ending ends once it is as long as the first
-        closed = start & (s.sphase == E2) & (n.e2 >= n.e1)
-        self._new_section(n, closed, whole)
-        ph, count = n.sphase, n.sec_counted
-        if code == PLAIN:
-            ok = start & (ph != E1_DONE)
-        elif code == CLOSE_REPEAT:
-            body = (ph == BODY) & (count > 0)
-            ok = start & (body | ((ph == E1) & (n.e1 > 0)))
-            n.sphase = torch.where(ok & (ph == E1), E1_DONE, ph)
-            self._new_section(n, ok & body, whole)
-            closed = closed | (ok & body)
-        elif code == OPEN_REPEAT:
-            follows = start | ((s.last_bar == CLOSE_REPEAT) & (s.group == 1))
-            shuts = (ph == E2) | ((ph == BODY) & (count > 0))
-            ok = follows & ((ph == E2) | (ph == BODY)) & ~((ph == BODY) & (n.opened == 1) & (count > 0))
-            self._new_section(n, ok & shuts, whole)
-            closed = closed | (ok & shuts)
-            n.opened = torch.where(ok, 1, n.opened)
-        elif code == FIRST_ENDING:
-            ok = start & (ph == BODY) & (count > 0)
-            n.sphase = torch.where(ok, E1, ph)
-        else:
-            ok = (ph == E1_DONE) & (s.group == 1) & (s.last_bar == CLOSE_REPEAT)
-            n.sphase = torch.where(ok, E2, ph)
+        closed = start & (s.sphase == E2) & (e2 >= e1)
+        ph, opened, count, e1, e2, sec_bars, sec_first = (torch.where(closed, 0, x) for x in section)
+        body = (ph == BODY) & (count > 0)
+        follows = start | ((s.last_bar == CLOSE_REPEAT) & (s.group == 1))
+        ok = torch.where(is_plain, start & (ph != E1_DONE), start & body)  # |1 as the last case
+        ok = torch.where(is_close, start & (body | ((ph == E1) & (e1 > 0))), ok)
+        ok = torch.where(is_open, follows & ((ph == E2) | (ph == BODY)) & ~(body & (opened == 1)), ok)
+        ok = torch.where(is_second, (ph == E1_DONE) & (s.group == 1) & (s.last_bar == CLOSE_REPEAT), ok)
+        sphase = torch.where(is_close & ok & (ph == E1), E1_DONE, ph)
+        sphase = torch.where(is_first & ok, E1, torch.where(is_second & ok, E2, sphase))
+        # :| closes its section, and so does |: after a section with bars
+        shut = ok & ((is_close & body) | (is_open & ((ph == E2) | body)))
+        closed = closed | shut
+        section = (sphase, opened, count, e1, e2, sec_bars, sec_first)
+        sphase, opened, count, e1, e2, sec_bars, sec_first = (torch.where(shut, 0, x) for x in section)
+        opened = torch.where(is_open & ok, 1, opened)
         ok = ok & (may_close | ~start)
+        part = s.part
         if self.form is not None:
-            ok &= self._form_ok(s, code, counted, closed)
-            n.part = s.part + (closed & (code in (CLOSE_REPEAT, OPEN_REPEAT))).long()
-        if whole:
-            n.group_repeat = torch.where(start, 0, s.group_repeat) | int(code in (OPEN_REPEAT, CLOSE_REPEAT))
-            n.group_ending = torch.where(start, 0, s.group_ending) | int(code in (FIRST_ENDING, SECOND_ENDING))
-            n.group = s.group + 1
-            n.last_bar = torch.full_like(s.last_bar, code)
-            zero = torch.zeros_like(s.pos)
-            n.pos, n.elems, n.el, n.base, n.length = zero, zero, zero, zero, zero
-        return ok, n
+            ok = ok & self._form_ok(s, counted, closed)
+            part = s.part + (closed & (is_close | is_open)).long()
+        zero = torch.zeros_like(s.pos)
+        after = State(
+            phase=s.phase, full=s.full, compound=s.compound, pos=zero, elems=zero, el=zero, base=zero,
+            length=zero, second4=s.second4, tuplet_left=s.tuplet_left, chord=s.chord, group=s.group + 1,
+            last_bar=self.codes,
+            group_repeat=torch.where(start, 0, s.group_repeat) | (is_open | is_close).long(),
+            group_ending=torch.where(start, 0, s.group_ending) | (is_first | is_second).long(),
+            next_full=torch.where(start, (b["free_short"] & (s.bars > 0) & is_plain).long(), s.next_full),
+            need_more=torch.where(notes, b["free_short"].long(), s.need_more), bars=s.bars + notes.long(),
+            pickup=torch.where(notes & (s.bars == 0) & (s.pos < s.full), s.pos, s.pickup),
+            sec_first=sec_first, sec_bars=sec_bars, sec_counted=count, sphase=sphase, opened=opened, e1=e1,
+            e2=e2, part=part)
+        return ok, after
 
-    @staticmethod
-    def _new_section(n: State, rows: torch.Tensor, whole: bool) -> None:
-        names = ("sphase", "opened", "sec_counted", "e1", "e2") + (("sec_bars", "sec_first") if whole else ())
-        for name in names:
-            setattr(n, name, torch.where(rows, 0, getattr(n, name)))
-
-    def _form_ok(self, s: State, code: int, counted: torch.Tensor, closed: torch.Tensor) -> torch.Tensor:
+    def _form_ok(self, s: State, counted: torch.Tensor, closed: torch.Tensor) -> torch.Tensor:
+        """(5 x rows): the bar tokens a Form allows: a part closes after exactly its bars, by :| if
+        it is repeated, by |: if it is played once before a repeated part; no endings."""
+        is_plain, is_open, is_close, _, _ = self.is_code
         k = s.part.clamp(max=self.n_parts)
         done = s.sec_counted + counted.long() >= self.part_bars[k]
         repeated = self.part_repeated[k]
-        if code == PLAIN:
-            return ~(done & counted)
-        if code == CLOSE_REPEAT:
-            return repeated & done & (k < self.n_parts)
-        if code == OPEN_REPEAT:  # opens a repeated part, or ends a part played once before one
-            next_repeated = self.part_repeated[(k + 1).clamp(max=self.n_parts)]
-            return (~closed & repeated & (k < self.n_parts)) | (closed & ~repeated & done & next_repeated)
-        return torch.zeros_like(done)  # no endings with a form
+        live = k < self.n_parts
+        next_repeated = self.part_repeated[(k + 1).clamp(max=self.n_parts)]
+        ok = torch.where(is_plain, ~(done & counted), is_open & ((~closed & repeated & live)
+                                                                | (closed & ~repeated & done & next_repeated)))
+        return torch.where(is_close, repeated & done & live, ok)
 
     def _plan_from_body_start(self, full: torch.Tensor) -> torch.Tensor:
         """Tokens of the cheapest tune body in a meter of ``full`` grid units a bar, ``</s>`` included."""
@@ -397,13 +400,15 @@ class Grammar:
             end = k >= self.n_parts
         plan = self.fill[self.offset + s.full] + closing
         plan = torch.where(s.sphase == E1_DONE, 2, plan)  # |2 </s>
-        end &= (s.need_more == 0) & (((s.sphase == BODY) & (s.opened == 0)) | (s.sphase == E2))
+        end = end & (s.need_more == 0) & (((s.sphase == BODY) & (s.opened == 0)) | (s.sphase == E2))
         return torch.where(end, 1, plan)
 
     def _end_ok(self, s: State, b: dict) -> torch.Tensor:
         """Rows that may end now: nothing open, the last bar right, the structure closed."""
-        may_close, counted = self._may_close(s, b, -1)
         notes = b["notes"]
+        # the last bar: empty after a bar line, full, or completing the pickup or the section's first bar
+        counted = b["full_bar"] | b["completes"]
+        may_close = (~notes & (s.bars > 0)) | counted
         free = (s.phase == 2) & (s.chord == 0) & (s.tuplet_left == 0) & (s.second4 == 0)
         some = (s.bars > 0) | notes
         structure = ((s.sphase == BODY) & (s.opened == 0)) | (s.sphase == E2)
@@ -418,16 +423,11 @@ class Grammar:
     # -- the mask ------------------------------------------------------------------------------------
     def allowed(self, s: State, steps: torch.Tensor, max_tokens: int) -> torch.Tensor:
         """(rows x 137) bool: the tokens each row may take now, ``steps`` tokens after ``<s>``."""
-        ids = self.ids
         b = self._bars(s)
         budget = (max_tokens - 1 - steps).unsqueeze(1)  # tokens that may follow this one, </s> included
-        mask = torch.zeros(s.pos.shape[0], len(TOKENS), dtype=torch.bool, device=self.device)
         # the header: a meter and a mode, if the cheapest tune in that meter fits the budget
-        m_ids = ids[METER]
-        meter_plan = 1 + self._plan_from_body_start(self.full_of[m_ids]).unsqueeze(0)
-        mask[:, m_ids] = (s.phase == 0).unsqueeze(1) & (meter_plan <= budget)
-        mode_ok = (s.phase == 1) & (self._plan_from_body_start(s.full) <= budget.squeeze(1))
-        mask[:, ids[MODE]] = mode_ok.unsqueeze(1)
+        meter = (s.phase == 0).unsqueeze(1) & (self.meter_plan <= budget)
+        mode = (s.phase == 1) & (self._plan_from_body_start(s.full) <= budget.squeeze(1))
         body = s.phase == 2
         in_chord = body & (s.chord > 0)
         free = body & (s.chord == 0) & (s.tuplet_left == 0)
@@ -441,48 +441,43 @@ class Grammar:
         # inside a chord: up to CHORD_MAX pitches, then ] (and maybe a duration after it)
         after_chord = self._plan_after_note(b, gap + G, zero, 0)
         pitch = in_chord & (s.chord - 1 < CHORD_MAX) & (after_chord < budget).squeeze(1)
-        mask[:, ids[CLOSE]] = (in_chord & (s.chord > 1)).unsqueeze(1) & (after_chord <= budget)
+        close = (in_chord & (s.chord > 1)).unsqueeze(1) & (after_chord <= budget)
         # inside a tuplet: plain notes and rests, the bar already holds the tuplet's time
         tuplet_note = body & (s.chord == 0) & (s.tuplet_left > 0)
         note = tuplet_note & (self._plan(b, gap, s.tuplet_left.unsqueeze(1) - 1) <= budget).squeeze(1)
         # a note or rest (the second of a broken rhythm too), a chord, a tuplet
         base = self.base_index[s.second4].unsqueeze(1)
         note |= music & (self._plan_after_note(b, gap, base, 0) <= budget).squeeze(1)
-        mask[:, ids[PITCH]] = (pitch | note).unsqueeze(1)
-        mask[:, ids[REST]] = note.unsqueeze(1)
         fresh = (music & ~pending).unsqueeze(1)
-        mask[:, ids[OPEN]] = fresh & (self._plan_after_note(b, gap, zero, 2) <= budget)
-        t_ids = ids[TUPLET]
-        time = torch.where(s.compound.unsqueeze(1) == 1, self.tuplet_time[1][t_ids], self.tuplet_time[0][t_ids])
-        mask[:, t_ids] = fresh & (self._plan(b, gap - time, self.tuplet_p[t_ids]) <= budget)
+        chord = fresh & (self._plan_after_note(b, gap, zero, 2) <= budget)
+        time = torch.where(s.compound.unsqueeze(1) == 1, self.tuplet_times[1], self.tuplet_times[0])
+        tuplet = fresh & (self._plan(b, gap - time, self.tuplet_ps) <= budget)
 
         # a duration for the element just written
-        d_ids = ids[DUR]
         can = free & (s.group == 0) & ((s.el == EL_NOTE) | (s.el == EL_CHORD) | (s.el == EL_SECOND))
-        grown = s.base.unsqueeze(1) * self.dur_num[d_ids] // self.dur_den[d_ids] - s.length.unsqueeze(1)
-        mask[:, d_ids] = can.unsqueeze(1) & (self._plan(b, gap - grown, 0) <= budget)
+        grown = s.base.unsqueeze(1) * self.dur_nums // self.dur_dens - s.length.unsqueeze(1)
+        duration = can.unsqueeze(1) & (self._plan(b, gap - grown, 0) <= budget)
 
         # a broken rhythm: the first note rescaled now, the second note's factor waits
-        b_ids = ids[BROKEN]
-        fused = self.fused[b_ids] == 1
-        first = torch.where(fused, s.base.unsqueeze(1) * self.fused_num[b_ids] // self.fused_den[b_ids],
-                            s.length.unsqueeze(1)) * self.first_num[b_ids] // self.first_den[b_ids]
+        fused = self.broken_fused
+        first = torch.where(fused, s.base.unsqueeze(1) * self.broken_fused_nums // self.broken_fused_dens,
+                            s.length.unsqueeze(1)) * self.broken_first_nums // self.broken_first_dens
         after_first = gap + s.length.unsqueeze(1) - first
-        second = self.base_index[self.second4[b_ids]].expand_as(after_first)
         can = (free & ~pending & ((s.el == EL_NOTE) | (s.el == EL_NOTE_DUR))).unsqueeze(1)
         can = can & (~fused | (s.el == EL_NOTE).unsqueeze(1))
-        mask[:, b_ids] = can & (self._plan_after_note(b, after_first, second, 1) <= budget)
+        broken = can & (self._plan_after_note(b, after_first, self.broken_second_bases, 1) <= budget)
 
         # bar lines and the end; the states after each bar token are kept for ``advance``
-        ready = free & ~pending
-        afters = []
-        for code, token in enumerate(self.bar_ids):
-            ok, after = self._bar(s, b, code, whole=True)
-            mask[:, token] = ready & ok & (self._plan_at_bar_start(after) <= budget.squeeze(1))
-            afters.append(after)
-        self._afters = (s, afters)
-        mask[:, END_ID] = self._end_ok(s, b)
-        return mask
+        ok, after = self._bar_lines(s, b)
+        bars = (free & ~pending) & ok & (self._plan_at_bar_start(after) <= budget.squeeze(1))
+        self._afters = (s, after)
+        end = self._end_ok(s, b)
+        # one (columns x rows) matrix in COLUMNS order, then a row per token: copying whole rows is
+        # much faster than writing columns of a (rows x 137) mask
+        never = torch.zeros_like(end)
+        columns = torch.cat([torch.stack([pitch | note, note, chord.squeeze(1), close.squeeze(1), mode, end, never]),
+                             meter.t(), tuplet.t(), duration.t(), broken.t(), bars])
+        return columns.index_select(0, self.column_of_token).t()
 
     # -- one token -----------------------------------------------------------------------------------
     def advance(self, s: State, tokens: torch.Tensor) -> None:
@@ -492,13 +487,14 @@ class Grammar:
         bar = (s.phase == 2) & (kind == BAR)
         if bool(bar.any()):  # bar lines: the bar closes, the section machine acts
             cached, self._afters = self._afters, None
-            afters = cached[1] if cached is not None and cached[0] is s else [
-                self._bar(s, self._bars(s), c, whole=True)[1] for c in range(5)]
-            code = self.bar_code[tokens]
-            for c in range(5):
-                rows = bar & (code == c)
-                if bool(rows.any()):
-                    s.data.copy_(torch.where(rows, afters[c].stacked(), s.data))
+            after = cached[1] if cached is not None and cached[0] is s else self._bar_lines(s, self._bars(s))[1]
+            code = self.bar_code[tokens].clamp(min=0).unsqueeze(0)  # (1, rows): the row of each token's code
+            rows = code.shape[1]
+
+            def chosen(field: torch.Tensor) -> torch.Tensor:  # a field that differs by bar token: its row
+                return field if field.dim() == 1 else field.expand(len(BAR_TOKENS), rows).gather(0, code)[0]
+
+            s.data.copy_(torch.where(bar, torch.stack([chosen(getattr(after, name)) for name in FIELDS]), s.data))
         self._afters = None
         n = s.view()
         header_meter = (s.phase == 0) & (kind == METER)
