@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ HELP = "Compile generated tunes into numbered volumes (ABC, typeset PDF with con
 # The code that shapes a volume's files (its ABC, PDF, MIDI, corpus partition and report).
 CODE_FILES = ("pipeline/books.py", "pipeline/typeset.py", "pipeline/midi.py", "transforms/abc/volume.py",
               "transforms/abc/typeset_source.py", "transforms/abc/tool_output.py", "transforms/abc/tokenize.py",
-              "transforms/titles.py")
+              "transforms/titles.py", "transforms/tune_types.py")
 # The same as folkrnn.pipeline.books.PER_VOLUME and DEFAULT_BOOK_TITLE (a test checks): repeated here so
 # that `folkrnn --help` does not import Arrow.
 PER_VOLUME = 3000
@@ -109,6 +110,32 @@ def load_tunes(path: str):  # -> pa.Table (VALIDATED)
         raise UsageError(f"{path}: the columns do not have the types of folkrnn.schemas.tables.VALIDATED: {first}") from None
 
 
+def checkpoint_names(path: str) -> dict[str, str]:
+    """Checkpoint id -> name, from the manifest.json of the generate run that made the dataset
+    (beside its shards folder, ``DATASET/../manifest.json``, or in the run folder given as DATASET).
+
+    The name is the manifest's ``checkpoint_name`` (the name stored in the checkpoint) when it has
+    one, else the checkpoint's file name (never its path: volumes name no paths). No manifest: {}.
+    """
+    from folkrnn.pipeline.datasets import dataset_files
+
+    base = dataset_files(path)[2]
+    folder = base if os.path.isdir(base) else os.path.dirname(base)
+    for candidate in (os.path.join(folder, "manifest.json"), os.path.join(os.path.dirname(folder), "manifest.json")):
+        if not os.path.isfile(candidate):
+            continue
+        try:
+            with open(candidate, encoding="utf-8") as handle:
+                manifest = json.load(handle)
+            checkpoint_id = manifest["settings"]["checkpoint_id"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UsageError(f"{candidate} is not a folkrnn generate manifest ({type(err).__name__}: {err}); "
+                             "fix or move it, it names the checkpoint on the title pages") from None
+        name = manifest.get("checkpoint_name") or os.path.basename(str(manifest.get("checkpoint") or ""))
+        return {checkpoint_id: name} if checkpoint_id and name else {}
+    return {}
+
+
 def select_tunes(table, which: str, where: str | None):
     import pyarrow.compute as pc
 
@@ -121,7 +148,7 @@ def select_tunes(table, which: str, where: str | None):
     return table
 
 
-def plan_jobs(args: argparse.Namespace, table) -> list:
+def plan_jobs(args: argparse.Namespace, table, names: dict[str, str] | None = None) -> list:
     from folkrnn.pipeline.books import VolumeJob, input_hash, split_volumes
 
     try:
@@ -132,9 +159,9 @@ def plan_jobs(args: argparse.Namespace, table) -> list:
     jobs = []
     for k, part in enumerate(volumes, start=1):
         job = VolumeJob(table=part, volume=k, n_volumes=len(volumes), book_title=args.title, out_dir=args.out,
-                        pdf=not args.no_pdf, midi=args.midi)
+                        pdf=not args.no_pdf, midi=args.midi, checkpoint_names=dict(names or {}))
         job.input_hash = input_hash(part, volume=k, volumes=len(volumes), title=args.title, pdf=job.pdf,
-                                    midi=job.midi, code=code)
+                                    midi=job.midi, code=code, checkpoints=job.checkpoint_names)
         jobs.append(job)
     return jobs
 
@@ -214,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     if table.num_rows == 0:
         raise UsageError(f"no tunes selected from {args.dataset} (--tunes {args.tunes}"
                          + (f", --where {args.where!r}" if args.where else "") + ")")
-    jobs = plan_jobs(args, table)
+    jobs = plan_jobs(args, table, checkpoint_names(args.dataset))
     with folder_lock(args.out, "compile"):  # only now: a mistake in the arguments makes no folder
         return write_volumes(args, table, jobs, start)
 
