@@ -115,7 +115,8 @@ def checkpoint_names(path: str) -> dict[str, str]:
     (beside its shards folder, ``DATASET/../manifest.json``, or in the run folder given as DATASET).
 
     The name is the manifest's ``checkpoint_name`` (the name stored in the checkpoint) when it has
-    one, else the checkpoint's file name (never its path: volumes name no paths). No manifest: {}.
+    one, else the checkpoint's file name (never its path: volumes name no paths). No manifest, or
+    one that records no checkpoint: {} (the volumes say the dataset does not record it).
     """
     from folkrnn.pipeline.datasets import dataset_files
 
@@ -127,12 +128,14 @@ def checkpoint_names(path: str) -> dict[str, str]:
         try:
             with open(candidate, encoding="utf-8") as handle:
                 manifest = json.load(handle)
-            checkpoint_id = manifest["settings"]["checkpoint_id"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError) as err:
             raise UsageError(f"{candidate} is not a folkrnn generate manifest ({type(err).__name__}: {err}); "
                              "fix or move it, it names the checkpoint on the title pages") from None
-        name = manifest.get("checkpoint_name") or os.path.basename(str(manifest.get("checkpoint") or ""))
-        return {checkpoint_id: name} if checkpoint_id and name else {}
+        settings = manifest.get("settings") if isinstance(manifest, dict) else None
+        checkpoint_id = settings.get("checkpoint_id") if isinstance(settings, dict) else None
+        name = manifest.get("checkpoint_name") or os.path.basename(str(manifest.get("checkpoint") or "")) \
+            if isinstance(manifest, dict) else ""
+        return {str(checkpoint_id): str(name)} if checkpoint_id and name else {}
     return {}
 
 

@@ -62,7 +62,8 @@ def problems_text(row: Mapping) -> str:
 def book_tune(block: str, kind: TuneType | None, problems: str | None) -> str:
     """A tune block as ``detokenize`` wrote it, with ``R:`` after ``T:`` and ``Q:`` before ``K:``
     when it has a type, a ``%%center`` line of its problems after ``K:`` (abcm2ps prints it under
-    the title; other readers take it for a comment), and a final bar line."""
+    the title; other readers take it for a comment), and a final bar line (not after a chord
+    left open, which its ``]`` would close)."""
     lines = block.rstrip("\n").split("\n")
     k = next(i for i, line in enumerate(lines) if line.startswith("K:"))
     header, body = lines[:k], lines[k + 1:]
@@ -70,7 +71,8 @@ def book_tune(block: str, kind: TuneType | None, problems: str | None) -> str:
         t = next((i for i, line in enumerate(header) if line.startswith("T:")), 0)
         header = [*header[:t + 1], f"R:{kind.name}", *header[t + 1:], f"Q:{kind.tempo}"]
     notes = ["%%textfont Times-Italic 11", f"%%center {plain_text(problems)}"] if problems else []
-    if body:
+    text = "\n".join(body)
+    if body and text.count("[") == text.count("]"):  # a "]" after a chord left open would close it
         body[-1] = with_final_bar(body[-1])
     return "\n".join([*header, lines[k], *notes, *body]) + "\n"
 
