@@ -3,7 +3,7 @@
 Outputs under ``--out``::
 
     volumes/folkrnn-volume-01.abc          ABC 2.1, one block per tune, byte-identical on rebuild
-    volumes/folkrnn-volume-01.pdf          title page, contents, tunes (abcm2ps + ghostscript)
+    volumes/folkrnn-volume-01.pdf          title page, contents, tunes, index by type (abcm2ps + ghostscript)
     volumes/folkrnn-volume-01.report.json  abcm2ps/abc2midi messages per tune, counts, timings
     volumes/midi/folkrnn-volume-01/tune-<number>.mid   with --midi
     corpus/volume=1/part-0.parquet         schema CORPUS, hive-partitioned by volume
@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-volume", type=int, default=PER_VOLUME, metavar="N",
                         help=f"tunes per volume (default {PER_VOLUME}, as the original session books)")
     parser.add_argument("--tunes", choices=["all", "valid"], default="all",
-                        help="all tunes as they came (default, as the original books) or only valid ones")
+                        help="all tunes as they came (default, as the original books; those the validator fails "
+                        "are marked * in the contents and above the tune) or only valid ones")
     parser.add_argument("--where", default=None,
                         help="only tunes matching this SQL condition (as in folkrnn query), e.g. \"meter = '6/8'\"")
     parser.add_argument("--title", default=DEFAULT_BOOK_TITLE, help=f"book title (default: {DEFAULT_BOOK_TITLE})")
