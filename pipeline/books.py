@@ -5,7 +5,10 @@ the generation numbers, so ``X:488`` is tune 488 in the ABC, the PDF, the MIDI f
 corpus. This module plans the volumes and builds each one (a ``VolumeJob``): its ABC text comes
 from ``folkrnn.transforms.abc.volume``, its PDF from ``folkrnn.pipeline.typeset`` (abcm2ps and
 ghostscript), its MIDI files from ``folkrnn.pipeline.midi``; then its corpus partition and its
-report, which says what the tools said about each tune.
+report, which says what the tools said about each tune. Each tune's type
+(``folkrnn.transforms.tune_types``) is its ``R:``, ``Q:``, index section and ``tune_type`` column;
+the checkpoints that made a volume's tunes (ids from the rows, names from the generate run's
+manifest) are named on its title page, in its ABC header and in its report.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,15 +38,16 @@ from folkrnn.schemas.tables import (
     findings_table,
 )
 from folkrnn.transforms.abc.typeset_source import Entry
-from folkrnn.transforms.abc.volume import plain_text, tune_abc, volume_abc
+from folkrnn.transforms.abc.volume import generated_by_text, plain_text, tune_abc, volume_abc
 from folkrnn.transforms.titles import title_for
+from folkrnn.transforms.tune_types import classify
 from folkrnn.transforms.validator import validate_tokens
 
 PER_VOLUME = 3000
 DEFAULT_BOOK_TITLE = "The folk-rnn Session Book"
 # Part of every volume's input hash: bump it when the ABC, PDF or corpus layout changes, so
 # existing volumes are rebuilt instead of being taken as up to date.
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: final bar lines, R: and Q:, marks on tunes that are not well-formed, index by type
 
 
 # --- Volumes -------------------------------------------------------------------------------------
@@ -92,18 +97,33 @@ def validated_table(table: pa.Table) -> pa.Table:
 
 
 def with_titles_and_abc(table: pa.Table) -> pa.Table:
-    """Missing titles filled with ``title_for(number, meter)`` and ``abc`` rewritten as printed.
+    """The rows as printed: each tune's type as a ``tune_type`` column, missing or machine-made
+    titles as ``title_for(number, meter, type)`` and ``abc`` rewritten as its block in the volume.
 
-    The corpus's ``abc`` is exactly the tune's block in its volume, whatever the input held.
+    The corpus's ``abc`` is exactly the tune's block in its volume, whatever the input held; a
+    title the input gave that is not ``title_for``'s is kept.
     """
     numbers = table.column("number").to_pylist()
     meters = table.column("meter").to_pylist()
-    titles = [plain_text(t) if t else title_for(n, m) for t, n, m in zip(table.column("title").to_pylist(), numbers, meters)]
     tokens = table.column("tokens").to_pylist()
-    abc = [tune_abc({"number": n, "title": t, "tokens": k}) for n, t, k in zip(numbers, titles, tokens)]
+    kinds = [classify(t or []) for t in tokens]
+    titles = [plain_text(t) if t and t != title_for(n, m) else title_for(n, m, k.name if k else None)
+              for t, n, m, k in zip(table.column("title").to_pylist(), numbers, meters, kinds)]
+    marks = table.select(["valid", "reasons", "problems", "pickup"]).to_pylist()
+    abc = [tune_abc({"number": n, "title": t, "tokens": k, "kind": kind, **mark})
+           for n, t, k, kind, mark in zip(numbers, titles, tokens, kinds, marks)]
     table = table.set_column(table.schema.get_field_index("title"), table.schema.field("title"),
                              pa.array(titles, pa.string()))
-    return table.set_column(table.schema.get_field_index("abc"), table.schema.field("abc"), pa.array(abc, pa.string()))
+    table = table.set_column(table.schema.get_field_index("abc"), table.schema.field("abc"), pa.array(abc, pa.string()))
+    return table.append_column(CORPUS.field("tune_type"), pa.array([k.name if k else None for k in kinds], pa.string()))
+
+
+def checkpoints_of(table: pa.Table, names: Mapping[str, str]) -> list[dict]:
+    """The checkpoints that made the rows: id, name (``names[id]``, None when unknown) and how
+    many tunes, in id order."""
+    counts = pc.value_counts(table.column("checkpoint_id")).to_pylist()
+    return [{"id": c["values"], "name": names.get(c["values"]) if c["values"] else None, "tunes": c["counts"]}
+            for c in sorted(counts, key=lambda c: c["values"] or "")]
 
 
 def sort_by_number(table: pa.Table) -> pa.Table:
@@ -134,7 +154,7 @@ def corpus_partition(out_dir: str, volume: int) -> str:
 def write_corpus_partition(table: pa.Table, pages: Mapping[int, int] | None, path: str) -> None:
     """A volume's rows with their page as ``corpus/volume=V/part-0.parquet`` (schema CORPUS)."""
     page = pa.array([(pages or {}).get(n) for n in table.column("number").to_pylist()], pa.int32())
-    corpus = table.select(VALIDATED.names).append_column(CORPUS.field("page"), page).cast(CORPUS)
+    corpus = table.select([*VALIDATED.names, "tune_type"]).append_column(CORPUS.field("page"), page).cast(CORPUS)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_parquet(path, corpus)
 
@@ -179,6 +199,7 @@ class VolumeJob:
     pdf: bool = True
     midi: bool = False
     input_hash: str = ""
+    checkpoint_names: dict[str, str] = field(default_factory=dict)  # checkpoint id -> name (the manifest's)
 
     @property
     def stem(self) -> str:
@@ -219,17 +240,21 @@ def build_volume(job: VolumeJob) -> dict:
     timings: dict[str, float] = {}
     began = start = time.perf_counter()
     table = with_titles_and_abc(job.table)
-    rows = table.select(["number", "title", "meter", "mode", "valid"]).to_pylist()
-    abc_text = volume_abc(rows, job.volume, job.n_volumes, job.book_title, blocks=table.column("abc").to_pylist())
+    rows = table.select(["number", "title", "meter", "mode", "valid", "tune_type"]).to_pylist()
+    checkpoints = checkpoints_of(table, job.checkpoint_names)
+    generated_by = generated_by_text([(c["name"], c["id"]) for c in checkpoints])
+    abc_text = volume_abc(rows, job.volume, job.n_volumes, job.book_title, blocks=table.column("abc").to_pylist(),
+                          generated_by=generated_by)
     os.makedirs(os.path.dirname(job.stem), exist_ok=True)
     atomic_write(job.stem + ".abc", abc_text)
     timings["abc"] = time.perf_counter() - start
     typeset: Typeset | None = None
     if job.pdf:
         start = time.perf_counter()
-        entries = [Entry(r["number"], r["title"], r["meter"] or "", r["mode"] or "") for r in rows]
+        entries = [Entry(r["number"], r["title"], r["meter"] or "", r["mode"] or "", r["valid"] is not False,
+                         r["tune_type"] or "") for r in rows]
         typeset = typeset_volume(abc_text, job.stem + ".pdf", volume=job.volume, n_volumes=job.n_volumes,
-                                 book_title=job.book_title, entries=entries)
+                                 book_title=job.book_title, entries=entries, generated_by=generated_by)
         timings["pdf"] = time.perf_counter() - start
         timings.update({k: round(v, 3) for k, v in typeset.seconds.items()})
     elif os.path.exists(job.stem + ".pdf"):
@@ -244,6 +269,8 @@ def build_volume(job: VolumeJob) -> dict:
     timings["corpus"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - began
     report = volume_report(job, rows, abc_text, typeset, midi_files, midi_messages, timings)
+    report.update(generated_by=generated_by, checkpoints=checkpoints,
+                  tune_types=dict(sorted(Counter(r["tune_type"] or "none" for r in rows).items())))
     atomic_write(job.stem + ".report.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     return report
 

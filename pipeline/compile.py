@@ -3,7 +3,7 @@
 Outputs under ``--out``::
 
     volumes/folkrnn-volume-01.abc          ABC 2.1, one block per tune, byte-identical on rebuild
-    volumes/folkrnn-volume-01.pdf          title page, contents, tunes (abcm2ps + ghostscript)
+    volumes/folkrnn-volume-01.pdf          title page, contents, tunes, index by type (abcm2ps + ghostscript)
     volumes/folkrnn-volume-01.report.json  abcm2ps/abc2midi messages per tune, counts, timings
     volumes/midi/folkrnn-volume-01/tune-<number>.mid   with --midi
     corpus/volume=1/part-0.parquet         schema CORPUS, hive-partitioned by volume
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ HELP = "Compile generated tunes into numbered volumes (ABC, typeset PDF with con
 # The code that shapes a volume's files (its ABC, PDF, MIDI, corpus partition and report).
 CODE_FILES = ("pipeline/books.py", "pipeline/typeset.py", "pipeline/midi.py", "transforms/abc/volume.py",
               "transforms/abc/typeset_source.py", "transforms/abc/tool_output.py", "transforms/abc/tokenize.py",
-              "transforms/titles.py")
+              "transforms/titles.py", "transforms/tune_types.py")
 # The same as folkrnn.pipeline.books.PER_VOLUME and DEFAULT_BOOK_TITLE (a test checks): repeated here so
 # that `folkrnn --help` does not import Arrow.
 PER_VOLUME = 3000
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-volume", type=int, default=PER_VOLUME, metavar="N",
                         help=f"tunes per volume (default {PER_VOLUME}, as the original session books)")
     parser.add_argument("--tunes", choices=["all", "valid"], default="all",
-                        help="all tunes as they came (default, as the original books) or only valid ones")
+                        help="all tunes as they came (default, as the original books; those the validator fails "
+                        "are marked * in the contents and above the tune) or only valid ones")
     parser.add_argument("--where", default=None,
                         help="only tunes matching this SQL condition (as in folkrnn query), e.g. \"meter = '6/8'\"")
     parser.add_argument("--title", default=DEFAULT_BOOK_TITLE, help=f"book title (default: {DEFAULT_BOOK_TITLE})")
@@ -109,6 +111,35 @@ def load_tunes(path: str):  # -> pa.Table (VALIDATED)
         raise UsageError(f"{path}: the columns do not have the types of folkrnn.schemas.tables.VALIDATED: {first}") from None
 
 
+def checkpoint_names(path: str) -> dict[str, str]:
+    """Checkpoint id -> name, from the manifest.json of the generate run that made the dataset
+    (beside its shards folder, ``DATASET/../manifest.json``, or in the run folder given as DATASET).
+
+    The name is the manifest's ``checkpoint_name`` (the name stored in the checkpoint) when it has
+    one, else the checkpoint's file name (never its path: volumes name no paths). No manifest, or
+    one that records no checkpoint: {} (the volumes say the dataset does not record it).
+    """
+    from folkrnn.pipeline.datasets import dataset_files
+
+    base = dataset_files(path)[2]
+    folder = base if os.path.isdir(base) else os.path.dirname(base)
+    for candidate in (os.path.join(folder, "manifest.json"), os.path.join(os.path.dirname(folder), "manifest.json")):
+        if not os.path.isfile(candidate):
+            continue
+        try:
+            with open(candidate, encoding="utf-8") as handle:
+                manifest = json.load(handle)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{candidate} is not a folkrnn generate manifest ({type(err).__name__}: {err}); "
+                             "fix or move it, it names the checkpoint on the title pages") from None
+        settings = manifest.get("settings") if isinstance(manifest, dict) else None
+        checkpoint_id = settings.get("checkpoint_id") if isinstance(settings, dict) else None
+        name = manifest.get("checkpoint_name") or os.path.basename(str(manifest.get("checkpoint") or "")) \
+            if isinstance(manifest, dict) else ""
+        return {str(checkpoint_id): str(name)} if checkpoint_id and name else {}
+    return {}
+
+
 def select_tunes(table, which: str, where: str | None):
     import pyarrow.compute as pc
 
@@ -121,7 +152,7 @@ def select_tunes(table, which: str, where: str | None):
     return table
 
 
-def plan_jobs(args: argparse.Namespace, table) -> list:
+def plan_jobs(args: argparse.Namespace, table, names: dict[str, str] | None = None) -> list:
     from folkrnn.pipeline.books import VolumeJob, input_hash, split_volumes
 
     try:
@@ -132,9 +163,9 @@ def plan_jobs(args: argparse.Namespace, table) -> list:
     jobs = []
     for k, part in enumerate(volumes, start=1):
         job = VolumeJob(table=part, volume=k, n_volumes=len(volumes), book_title=args.title, out_dir=args.out,
-                        pdf=not args.no_pdf, midi=args.midi)
+                        pdf=not args.no_pdf, midi=args.midi, checkpoint_names=dict(names or {}))
         job.input_hash = input_hash(part, volume=k, volumes=len(volumes), title=args.title, pdf=job.pdf,
-                                    midi=job.midi, code=code)
+                                    midi=job.midi, code=code, checkpoints=job.checkpoint_names)
         jobs.append(job)
     return jobs
 
@@ -214,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     if table.num_rows == 0:
         raise UsageError(f"no tunes selected from {args.dataset} (--tunes {args.tunes}"
                          + (f", --where {args.where!r}" if args.where else "") + ")")
-    jobs = plan_jobs(args, table)
+    jobs = plan_jobs(args, table, checkpoint_names(args.dataset))
     with folder_lock(args.out, "compile"):  # only now: a mistake in the arguments makes no folder
         return write_volumes(args, table, jobs, start)
 

@@ -74,8 +74,9 @@ def _ghostscript(postscript_path: str, docinfo: str, workdir: str, pdf_path: str
 
 
 def typeset_volume(abc_text: str, pdf_path: str, *, volume: int, n_volumes: int, book_title: str,
-                   entries: Sequence[Entry]) -> Typeset:
-    """Typeset a volume's ABC as a PDF with a title page and contents; returns where each tune is."""
+                   entries: Sequence[Entry], generated_by: str = "") -> Typeset:
+    """Typeset a volume's ABC as a PDF with a title page, contents and an index by tune type;
+    returns where each tune is. ``generated_by`` names the checkpoints on the title page."""
     seconds: dict[str, float] = {}
     starts = tune_start_lines(abc_text)
     folder = os.path.dirname(os.path.abspath(pdf_path))
@@ -83,7 +84,8 @@ def typeset_volume(abc_text: str, pdf_path: str, *, volume: int, n_volumes: int,
     with tempfile.TemporaryDirectory(prefix=TYPESET_PREFIX, dir=folder) as workdir:
         pages: dict[int, int] | None = None
         for attempt in ("pass1", "pass2"):
-            source, offset = typeset_source(abc_text, book_title, volume, n_volumes, entries, pages)
+            source, offset = typeset_source(abc_text, book_title, volume, n_volumes, entries, pages,
+                                            generated_by)
             start = time.perf_counter()
             postscript, proc = _abcm2ps(source, workdir, attempt)
             seconds[f"abcm2ps_{attempt}"] = time.perf_counter() - start
@@ -93,8 +95,8 @@ def typeset_volume(abc_text: str, pdf_path: str, *, volume: int, n_volumes: int,
             pages = found
         messages = abcm2ps_messages(proc.stderr, offset, starts)
         start = time.perf_counter()
-        _ghostscript(os.path.join(workdir, "pass2.ps"), pdf_docinfo(book_title, volume, n_volumes), workdir,
-                     pdf_path)
+        docinfo = pdf_docinfo(book_title, volume, n_volumes, generated_by)
+        _ghostscript(os.path.join(workdir, "pass2.ps"), docinfo, workdir, pdf_path)
         seconds["ghostscript"] = time.perf_counter() - start
     return Typeset(pages=pages or {}, page_count=page_count, front_pages=1 + contents_pages(len(entries)),
                    messages=messages, returncode=proc.returncode, seconds=seconds)

@@ -128,6 +128,8 @@ LATER_GENERATED_COLUMNS = ("constraint_log_mass",)
 VALIDATED = pa.schema([*GENERATED, *FINDINGS])
 
 # The published corpus: one hive partition per volume (corpus/volume=3/part-0.parquet); "volume"
-# is the partition column, so it is not stored inside the files.
-CORPUS = pa.schema([*VALIDATED, pa.field("page", pa.int32())])
+# is the partition column, so it is not stored inside the files. tune_type: reel, jig, ... from
+# the meter and rhythm (folkrnn.transforms.tune_types; null without a meter); page: where the
+# tune starts in its volume's PDF (null without a PDF).
+CORPUS = pa.schema([*VALIDATED, pa.field("tune_type", pa.string()), pa.field("page", pa.int32())])
 CORPUS_PARTITIONING = pa.schema([pa.field("volume", pa.int32())])

@@ -26,6 +26,7 @@ from folkrnn.schemas.tables import CORPUS, FINDINGS, GENERATED, VALIDATED, findi
 from folkrnn.schemas.vocab import encode
 from folkrnn.transforms.abc.tokenize import detokenize
 from folkrnn.transforms.titles import title_for
+from folkrnn.transforms.tune_types import classify
 
 BASES = (
     # double jig, AABB with a pickup
@@ -143,7 +144,13 @@ def pdf_pages(pdf: str) -> list[str]:
     return out.stdout.split("\f")[:-1] if out.stdout.endswith("\f") else out.stdout.split("\f")
 
 
-CONTENTS_ENTRY = re.compile(r"^\s*(\d+) (.+?)\.*\s(\d+/\d+|-)\s+(maj|min|dor|mix|-)\s+(\d+)$")
+CONTENTS_ENTRY = re.compile(r"^\*?\s*(\d+) (.+?)\.*\s(\d+/\d+|-)\s+(maj|min|dor|mix|-)\s+(\d+)$")
+
+
+def book_title(number: int) -> str:
+    """The title a book gives tune ``number``: ``title_for`` with the tune's type as its last word."""
+    tokens = tune_tokens(number)[0]
+    return title_for(number, tokens[0][2:], classify(tokens).name)
 
 
 def contents_entries(pages: list[str]) -> dict[int, tuple[str, str, str, int]]:
@@ -153,7 +160,7 @@ def contents_entries(pages: list[str]) -> dict[int, tuple[str, str, str, int]]:
         if "Contents" not in text:
             continue
         for line in text.splitlines():
-            for cell in re.split(r"\s{4,}(?=\d+ \S)", line.strip()):
+            for cell in re.split(r"\s{4,}(?=\*?\s*\d+ \S)", line.strip()):
                 match = CONTENTS_ENTRY.match(cell)
                 if match:
                     number, title, meter, mode, page = match.groups()
@@ -208,9 +215,13 @@ def test_volume_abc_is_abc_2_1_with_one_block_per_tune():
     assert len(blocks) == 4
     for row, block in zip(rows, blocks):
         lines = block.strip("\n").split("\n")
-        assert lines[:5] == [f"X:{row['number']}", f"T:{row['title']}", f"M:{row['tokens'][0][2:]}", "L:1/8",
-                             f"K:{row['tokens'][1][2:]}"]
-        assert block.strip("\n") == detokenize(row["tokens"], number=row["number"], title=row["title"]).strip("\n")
+        kind = classify(row["tokens"])
+        assert lines[:7] == [f"X:{row['number']}", f"T:{row['title']}", f"R:{kind.name}", f"M:{row['tokens'][0][2:]}",
+                             "L:1/8", f"Q:{kind.tempo}", f"K:{row['tokens'][1][2:]}"]
+        # the book adds R:, Q: and a final bar line to what detokenize writes, nothing else
+        plain = detokenize(row["tokens"], number=row["number"], title=row["title"]).strip("\n").split("\n")
+        book = [line for line in lines if not line.startswith(("R:", "Q:"))]
+        assert book[:-1] == plain[:-1] and book[-1].startswith(plain[-1].rstrip("|")) and book[-1].endswith(("|]", ":|"))
     assert volume_abc(rows, 2, 10, "Book") == text
     assert tune_start_lines(text)[1] == [5, 6, 7, 488]
 
@@ -292,12 +303,12 @@ def test_contents_page_numbers_are_where_the_tunes_are(big_volume):
         title, meter, mode, page = entries[number]
         tokens = tune_tokens(number)[0]
         assert (meter, mode) == (tokens[0][2:], tokens[1][3:])
-        assert title == title_for(number, meter)[:36]
+        assert title == book_title(number)[:35]
         text = pages[page - 1]
-        assert re.search(rf"^\s*{number}\. {re.escape(title_for(number, meter))}\s*$", text, re.MULTILINE), \
+        assert re.search(rf"^\s*{number}\. {re.escape(book_title(number))}\s*$", text, re.MULTILINE), \
             f"tune {number} is not on page {page}"
         if page > report["front_pages"] + 1:  # and not already on the page before
-            assert f"{number}. {title_for(number, meter)}\n" not in pages[page - 2]
+            assert f"{number}. {book_title(number)}\n" not in pages[page - 2]
     tunes_pages = [entries[n][3] for n in sorted(entries)]
     assert tunes_pages == sorted(tunes_pages) and tunes_pages[0] == report["front_pages"] + 1
 
@@ -344,7 +355,7 @@ def test_report_captures_abcm2ps_messages_per_tune(tmp_path):
     assert report["tunes_with_abcm2ps_errors"] == 1 and report["valid_tunes_with_abcm2ps_errors"] == 0
     assert [m["number"] for m in report["messages"]] == [3]
     tune = report["messages"][0]
-    assert tune["valid"] is False and tune["title"] == title_for(3, "4/4")
+    assert tune["valid"] is False and tune["title"] == title_for(3, "4/4", "reel")
     assert any("Chord not closed" in m["message"] for m in tune["abcm2ps"])
     abc_lines = stem.with_suffix(".abc").read_text().split("\n")
     assert all(abc_lines[m["line"] - 1] == "[CEG|cdefgabc|" for m in tune["abcm2ps"])  # lines of the volume file

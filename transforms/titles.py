@@ -49,15 +49,17 @@ def _digest(number: int) -> int:
     return int.from_bytes(hashlib.sha1(str(int(number)).encode("ascii")).digest()[:8], "big")
 
 
-def title_for(number: int, meter: str | None = None) -> str:
+def title_for(number: int, meter: str | None = None, tune_type: str | None = None) -> str:
     """The title of tune ``number``, e.g. ``title_for(488, "6/8")`` is "The Whistling Piper Double Jig".
 
     Adjective and noun depend on the number only; the type word on the meter as well
-    ("Tune" when the meter is unknown), so a tune keeps its title wherever it appears.
+    ("Tune" when the meter is unknown), so a tune keeps its title wherever it appears. Given the
+    tune's type (``folkrnn.transforms.tune_types``), the type word is its name, so a book does not
+    call a reel a hornpipe: ``title_for(488, "6/8", "jig")`` is "The Whistling Piper Jig".
     """
     h = _digest(number)
     adjective = ADJECTIVES[h % len(ADJECTIVES)]
     noun = NOUNS[(h // len(ADJECTIVES)) % len(NOUNS)]
     types = TYPES.get(meter or "", ("Tune",))
-    kind = types[(h // (len(ADJECTIVES) * len(NOUNS))) % len(types)]
+    kind = tune_type.title() if tune_type else types[(h // (len(ADJECTIVES) * len(NOUNS))) % len(types)]
     return f"The {adjective} {noun} {kind}"
