@@ -33,6 +33,7 @@ from folkrnn.schemas.tables import (
     VALIDATED,
     findings_table,
 )
+from folkrnn.transforms.abc.keys import KEEP, printed_key
 from folkrnn.transforms.abc.typeset_source import Entry
 from folkrnn.transforms.abc.volume import plain_text, tune_abc, volume_abc
 from folkrnn.transforms.titles import title_for
@@ -91,19 +92,21 @@ def validated_table(table: pa.Table) -> pa.Table:
     return pa.table(columns, schema=VALIDATED)
 
 
-def with_titles_and_abc(table: pa.Table) -> pa.Table:
+def with_titles_and_abc(table: pa.Table, key: str = KEEP) -> pa.Table:
     """Missing titles filled with ``title_for(number, meter)`` and ``abc`` rewritten as printed.
 
-    The corpus's ``abc`` is exactly the tune's block in its volume, whatever the input held.
+    The corpus's ``abc`` is exactly the tune's block in its volume, whatever the input held; a
+    ``key`` column says the key it is printed in (``key`` is compile's ``--key`` choice).
     """
     numbers = table.column("number").to_pylist()
     meters = table.column("meter").to_pylist()
     titles = [plain_text(t) if t else title_for(n, m) for t, n, m in zip(table.column("title").to_pylist(), numbers, meters)]
     tokens = table.column("tokens").to_pylist()
-    abc = [tune_abc({"number": n, "title": t, "tokens": k}) for n, t, k in zip(numbers, titles, tokens)]
+    abc = [tune_abc({"number": n, "title": t, "tokens": k}, key) for n, t, k in zip(numbers, titles, tokens)]
     table = table.set_column(table.schema.get_field_index("title"), table.schema.field("title"),
                              pa.array(titles, pa.string()))
-    return table.set_column(table.schema.get_field_index("abc"), table.schema.field("abc"), pa.array(abc, pa.string()))
+    table = table.set_column(table.schema.get_field_index("abc"), table.schema.field("abc"), pa.array(abc, pa.string()))
+    return table.append_column(CORPUS.field("key"), pa.array([printed_key(k or [], key) for k in tokens], pa.string()))
 
 
 def sort_by_number(table: pa.Table) -> pa.Table:
@@ -134,7 +137,8 @@ def corpus_partition(out_dir: str, volume: int) -> str:
 def write_corpus_partition(table: pa.Table, pages: Mapping[int, int] | None, path: str) -> None:
     """A volume's rows with their page as ``corpus/volume=V/part-0.parquet`` (schema CORPUS)."""
     page = pa.array([(pages or {}).get(n) for n in table.column("number").to_pylist()], pa.int32())
-    corpus = table.select(VALIDATED.names).append_column(CORPUS.field("page"), page).cast(CORPUS)
+    corpus = table.select(VALIDATED.names).append_column(CORPUS.field("page"), page)
+    corpus = corpus.append_column(CORPUS.field("key"), table.column("key")).cast(CORPUS)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_parquet(path, corpus)
 
@@ -179,6 +183,7 @@ class VolumeJob:
     pdf: bool = True
     midi: bool = False
     input_hash: str = ""
+    key: str = KEEP  # compile's --key choice: KEEP prints the tunes in C, as generated
 
     @property
     def stem(self) -> str:
@@ -218,7 +223,7 @@ def build_volume(job: VolumeJob) -> dict:
     """
     timings: dict[str, float] = {}
     began = start = time.perf_counter()
-    table = with_titles_and_abc(job.table)
+    table = with_titles_and_abc(job.table, job.key)
     rows = table.select(["number", "title", "meter", "mode", "valid"]).to_pylist()
     abc_text = volume_abc(rows, job.volume, job.n_volumes, job.book_title, blocks=table.column("abc").to_pylist())
     os.makedirs(os.path.dirname(job.stem), exist_ok=True)

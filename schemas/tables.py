@@ -128,6 +128,7 @@ LATER_GENERATED_COLUMNS = ("constraint_log_mass",)
 VALIDATED = pa.schema([*GENERATED, *FINDINGS])
 
 # The published corpus: one hive partition per volume (corpus/volume=3/part-0.parquet); "volume"
-# is the partition column, so it is not stored inside the files.
-CORPUS = pa.schema([*VALIDATED, pa.field("page", pa.int32())])
+# is the partition column, so it is not stored inside the files. "key" is the key the book prints
+# the tune in (compile --key), e.g. Dmaj; the tokens stay in C, as generated.
+CORPUS = pa.schema([*VALIDATED, pa.field("page", pa.int32()), pa.field("key", pa.string())])
 CORPUS_PARTITIONING = pa.schema([pa.field("volume", pa.int32())])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 
+from folkrnn.transforms.abc.keys import KEEP, in_key
 from folkrnn.transforms.abc.tokenize import detokenize
 
 
@@ -21,10 +22,11 @@ def plain_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def tune_abc(row: Mapping) -> str:
-    """One tune block: ``X:`` number, ``T:`` title, then what ``detokenize`` writes."""
-    return detokenize(list(row["tokens"] or []), number=int(row["number"]), title=plain_text(row["title"] or ""),
-                      typeset=True)
+def tune_abc(row: Mapping, key: str = KEEP) -> str:
+    """One tune block: ``X:`` number, ``T:`` title, then what ``detokenize`` writes, in the key
+    ``folkrnn.transforms.abc.keys.in_key`` gives for the ``--key`` choice ``key`` (C: as generated)."""
+    tokens, _ = in_key(list(row["tokens"] or []), key)
+    return detokenize(tokens, number=int(row["number"]), title=plain_text(row["title"] or ""), typeset=True)
 
 
 def volume_abc(rows: Sequence[Mapping], volume: int, n_volumes: int, book_title: str,
