@@ -72,7 +72,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     if not args.title.strip():
         raise UsageError("--title is empty: give the book a title")
-    check_key(args.key)
+    args.key = check_key(args.key)
     tools = [] if args.no_pdf else ["abcm2ps", "gs"]
     tools += ["abc2midi"] if args.midi else []
     missing = [t for t in tools if shutil.which(t) is None]
@@ -81,11 +81,11 @@ def check_arguments(args: argparse.Namespace) -> None:
                          + ("" if args.midi else ", or use --no-pdf"))
 
 
-def check_key(value: str) -> None:
+def check_key(value: str) -> str:
     from folkrnn.transforms.abc.keys import check_key_choice
 
     try:
-        check_key_choice(value)
+        return check_key_choice(value)
     except ValueError as err:
         raise UsageError(str(err)) from None
 

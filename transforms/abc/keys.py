@@ -10,9 +10,10 @@ How a tune moves, so that every sounding pitch moves by the same interval:
 * Reading the C tokens: an unmarked letter takes the ``K:C<mode>`` signature, an accidental holds for
   that letter and octave to the next bar line (ABC 2.1, 4.2).
 * Each note moves by the same number of letter steps as the tonic (``shift_note``, the ingest's
-  interval-preserving move), so it keeps its spelling's role in the key: in D major a sounding
-  F natural is ``=F``, never ``^E``. A note that would need a double sharp or flat is spelled on
-  the neighbouring letter instead.
+  interval-preserving move), so it keeps its spelling's role in the key: a sounding F natural in
+  D major is ``=F``, the lowered third of D minor. A note that would need a double sharp or flat,
+  or would name a white key with an accidental the key signature does not have (``^E``, ``^B``,
+  ``_F``, ``_C``), is spelled on the neighbouring letter instead (D major: C's D sharp is ``=F``).
 * Writing: an accidental is written only where the new key signature and the bar's earlier
   accidentals do not already give the note its pitch, under either octave rule readers use for
   bar accidentals (same letter and octave, ABC 2.1's; or same letter in any octave, music21's and
@@ -69,10 +70,13 @@ for _token in PITCH_TOKENS:
 
 
 def check_key_choice(text: str) -> str:
-    """The ``--key`` value as given when it is ``session``, ``C`` or a tonic such as ``D``, ``Bb``,
-    ``F#``; raises ValueError saying what is accepted otherwise."""
-    if text == SESSION or TONIC_RE.fullmatch(text):
-        return text
+    """The ``--key`` value spelled as this module takes it (``session``, ``C`` or a tonic such as ``D``,
+    ``Bb``, ``F#``; the letter in either case); raises ValueError saying what is accepted otherwise."""
+    if text.strip().lower() == SESSION:
+        return SESSION
+    match = TONIC_RE.fullmatch(text.strip().capitalize())
+    if match:
+        return match.group(0)
     raise ValueError(f"--key {text!r} is not a key: give 'session' (a session key for each tune's mode), "
                      "'C' (as generated) or a tonic letter A-G with an optional # or b, e.g. D, Bb, F# "
                      "(each tune keeps its mode)")
@@ -190,9 +194,14 @@ class _Speller:
         return pitch_text(alteration, LETTERS[letter], octave)
 
 
-def single_accidental(letter: int, octave: int, alteration: int) -> tuple[int, int, int]:
-    """The same pitch on the neighbouring letter when ``alteration`` is a double sharp or flat."""
-    while abs(alteration) > 1:
+# (letter, alteration) of the white keys named on a neighbour's letter: E#, B#, Fb, Cb.
+WHITE_KEYS_ON_NEIGHBOURS = frozenset({(2, 1), (6, 1), (3, -1), (0, -1)})
+
+
+def plain_spelling(letter: int, octave: int, alteration: int, signature: Sequence[int]) -> tuple[int, int, int]:
+    """The same pitch on the neighbouring letter when ``letter`` would need a double sharp or flat, or
+    would name a white key the key signature does not (D major: a sounding F is =F, never ^E)."""
+    while abs(alteration) > 1 or (alteration != signature[letter] and (letter, alteration) in WHITE_KEYS_ON_NEIGHBOURS):
         height = 12 * octave + LETTER_SEMITONES[letter] + alteration
         letter, octave, alteration = shift_note(letter, octave, height, 0, 1 if alteration > 0 else -1)
     return letter, octave, alteration
@@ -210,7 +219,7 @@ def move_tokens(tokens: Sequence[str], heights: Sequence[int | None], placement:
             continue
         note = _WRITTEN[token]
         moved = shift_note(note.letter, note.octave, height, placement.semitones, placement.steps)
-        out.append(speller.spell(*single_accidental(*moved)))
+        out.append(speller.spell(*plain_spelling(*moved, speller.signature)))
     return out
 
 
