@@ -10,8 +10,8 @@ How a tune moves, so that every sounding pitch moves by the same interval:
 * Reading the C tokens: an unmarked letter takes the ``K:C<mode>`` signature, an accidental holds for
   that letter and octave to the next bar line (ABC 2.1, 4.2).
 * Each note moves by the same number of letter steps as the tonic (``shift_note``, the ingest's
-  interval-preserving move), so it keeps its spelling's role in the key: a sounding F natural in
-  D major is ``=F``, the lowered third of D minor. A note that would need a double sharp or flat,
+  interval-preserving move), so it keeps its role in the scale: C's flat third ``_E`` is D major's
+  ``=F``, C's sharp fourth ``^F`` is D major's ``^G``. A note that would need a double sharp or flat,
   or would name a white key with an accidental the key signature does not have (``^E``, ``^B``,
   ``_F``, ``_C``), is spelled on the neighbouring letter instead (D major: C's D sharp is ``=F``).
 * Writing: an accidental is written only where the new key signature and the bar's earlier
@@ -23,6 +23,8 @@ How a tune moves, so that every sounding pitch moves by the same interval:
 Choosing where a tune goes: every candidate (each key of the mode, moved up or down, within two
 octaves) is scored by its notes outside ``PLAYING_RANGE``; the fewest wins, ties go to the smaller
 move, then the key listed first, then up before down. A forced key chooses only its octave this way.
+The two keys of a mode are a fourth or a fifth apart, so a tune spanning up to 26 semitones (two
+octaves and a tone) always fits the 33 of the range.
 """
 
 from __future__ import annotations
