@@ -20,6 +20,7 @@ from folkrnn.pipeline import cli
 from folkrnn.schemas.tables import CORPUS
 from folkrnn.schemas.vocab import MODES, PITCH_TOKENS
 from folkrnn.transforms.abc.keys import (
+    HOME_RANGE,
     PLAYING_RANGE,
     SESSION_TONICS,
     check_key_choice,
@@ -182,7 +183,7 @@ def test_every_key_moves_every_pitch_by_one_interval_and_writes_no_needless_acci
     # an accidental lasts to the bar line for its letter and octave: the second note needs no mark
     ("K:Cmaj ^f f | f", "D", "K:Dmaj ^g g | g"),
     # ... and a note of that letter an octave away gets its own mark, so every reader agrees
-    ("K:Cmaj ^f f' f", "D", "K:Dmaj ^g =g' ^g"),
+    ("K:Cmaj ^f f' f", "D", "K:Dmaj ^G =g ^G"),
     # minor: B and E are flat in Cmin; =B carries through the bar; K:Emin writes D natural, D# as ^D
     ("K:Cmin B =B B e | B", "E", "K:Emin d ^d d g | d"),
     # dorian and mixolydian keep their mode
@@ -214,30 +215,32 @@ def place(tokens: str, choice: str = "session"):
     return choose_placement(sounding_heights(tokens, mode), choice, mode)
 
 
-def test_session_keys_in_range_smallest_move_first():
-    assert PLAYING_RANGE == (62, 95)  # D4 (ABC D) to B6 (ABC b'), as documented
-    low = place("K:Cmaj C D E G c e g c'")  # C4-C6: D major, up a tone
+def test_session_keys_in_range_then_at_home_then_smallest_move_first():
+    assert (PLAYING_RANGE, HOME_RANGE) == ((62, 95), (62, 83))  # D4-B6 and D4-B5, as documented
+    low = place("K:Cmaj C D E G c e g c'")  # C4-C6: D major, up a tone (24 semitones never fit D4-B5)
     assert (low.name, low.semitones) == ("Dmaj", 2)
-    high = place("K:Cmaj g a b c' d' e' f' g' a' b'")  # G5-B6: up to D would pass B6; G major, down a fourth
-    assert (high.name, high.semitones) == ("Gmaj", -5)
+    common = place("K:Cmaj G A B c d e f g a b c'")  # G4-C6: D major would pass B5; G major down a fourth
+    assert (common.name, common.semitones) == ("Gmaj", -5)
+    high = place("K:Cmaj g a b c' d' e' f' g' a' b'")  # G5-B6: G major, down an octave and a fourth
+    assert (high.name, high.semitones) == ("Gmaj", -17)
     assert (place("K:Cmin c d e g").name, place("K:Cmin c d e g").semitones) == ("Amin", -3)
     assert place("K:Cdor C, D, E,").name == "Edor" and place("K:Cdor C, D, E,").semitones == 16
     assert (place("K:Cmix c").name, place("K:Cmix c").semitones) == ("Dmix", 2)
     assert (place("K:Cmaj").name, place("K:Cmaj").semitones) == ("Dmaj", 2)  # no notes: the first candidate
 
 
-def test_when_no_candidate_fits_the_fewest_notes_out_win_then_the_smaller_move():
-    # C3 and B6 span 47 semitones: every candidate leaves a note out; G major down a fourth leaves one
-    # (G2), as do D major down a seventh and up a ninth: the smallest move wins the tie
-    wide = place("K:Cmaj C, b'")
-    assert (wide.name, wide.semitones) == ("Gmaj", -5)
+def test_when_no_candidate_fits_the_fewest_notes_out_win_then_the_fewest_away_from_home():
     # fewer notes out beat a smaller move: three low Cs stay out unless the tune goes up a ninth
     many_low = place("K:Cmaj C, C, C, b'")
     assert (many_low.name, many_low.semitones) == ("Dmaj", 14)
-    # forced key: F# up or down a tritone both fit c-e: up before down
+    # C3 and B6 span 47 semitones: every candidate leaves a note out; going up a ninth to D keeps the
+    # other one at home, where G down a fourth or D down a seventh leave it above B5
+    wide = place("K:Cmaj C, b'")
+    assert (wide.name, wide.semitones) == ("Dmaj", 14)
+    # a forced key: F# up or down a tritone both keep c-e at home: up before down
     tie = place("K:Cmaj c d e", "F#")
     assert (tie.name, tie.semitones) == ("F#maj", 6)
-    assert place("K:Cmaj g' a' b'", "F#").semitones == -6
+    assert place("K:Cmaj g' a' b'", "F#").semitones == -18
 
 
 def test_session_keys_fit_every_tune_spanning_two_octaves_and_a_tone():

@@ -21,8 +21,9 @@ How a tune moves, so that every sounding pitch moves by the same interval:
   the same tune.
 
 Choosing where a tune goes: every candidate (each key of the mode, moved up or down, within two
-octaves) is scored by its notes outside ``PLAYING_RANGE``; the fewest wins, ties go to the smaller
-move, then the key listed first, then up before down. A forced key chooses only its octave this way.
+octaves) is scored by its notes outside ``PLAYING_RANGE`` (D4-B6); the fewest wins, then the fewest
+outside ``HOME_RANGE`` (D4-B5, where session tunes sit), then the smaller move, the key listed
+first, and up before down. A forced key chooses only its octave this way.
 The two keys of a mode are a fourth or a fifth apart, so a tune spanning up to 26 semitones (two
 octaves and a tone) always fits the 33 of the range.
 """
@@ -53,6 +54,9 @@ SESSION_TONICS: dict[str, tuple[str, str]] = {
 assert tuple(SESSION_TONICS) == MODES, "session keys out of step with the vocabulary's modes"
 # Sounding range of a fiddle and a whistle together, as MIDI numbers: D4 (ABC D) to B6 (ABC b').
 PLAYING_RANGE: tuple[int, int] = (62, 95)
+# Where most session tunes sit, D4 (ABC D) to B5 (ABC b): the D whistle's written range and the
+# fiddle's first position. Among placements inside PLAYING_RANGE, fewer notes above it win.
+HOME_RANGE: tuple[int, int] = (62, 83)
 MIDDLE_C = 60  # the ABC C, height 0 in folkrnn.schemas.music
 TONIC_RE = re.compile(r"([A-G])([#b]?)")
 
@@ -154,9 +158,9 @@ def sounding_heights(tokens: Sequence[str], mode: str) -> list[int | None]:
     return heights
 
 
-def out_of_range(heights: Counter, semitones: int) -> int:
-    """Notes outside ``PLAYING_RANGE`` once every note is moved by ``semitones`` (``heights``: notes by height)."""
-    low, high = PLAYING_RANGE[0] - MIDDLE_C - semitones, PLAYING_RANGE[1] - MIDDLE_C - semitones
+def out_of_range(heights: Counter, semitones: int, midi_range: tuple[int, int] = PLAYING_RANGE) -> int:
+    """Notes outside ``midi_range`` once every note is moved by ``semitones`` (``heights``: notes by height)."""
+    low, high = midi_range[0] - MIDDLE_C - semitones, midi_range[1] - MIDDLE_C - semitones
     return sum(n for h, n in heights.items() if not low <= h <= high)
 
 
@@ -171,9 +175,11 @@ def candidates(choice: str, mode: str) -> list[Placement]:
 
 
 def choose_placement(heights: Sequence[int | None], choice: str, mode: str) -> Placement:
-    """The candidate with the fewest notes outside the playing range, the first in order on a tie."""
+    """The candidate with the fewest notes outside the playing range, then outside the home range;
+    the first in order on a tie."""
     counted = Counter(h for h in heights if h is not None)
-    return min(candidates(choice, mode), key=lambda p: out_of_range(counted, p.semitones))
+    return min(candidates(choice, mode),
+               key=lambda p: (out_of_range(counted, p.semitones), out_of_range(counted, p.semitones, HOME_RANGE)))
 
 
 class _Speller:
