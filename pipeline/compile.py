@@ -8,6 +8,9 @@ Outputs under ``--out``::
     volumes/midi/folkrnn-volume-01/tune-<number>.mid   with --midi
     corpus/volume=1/part-0.parquet         schema CORPUS, hive-partitioned by volume
 
+Tunes are printed in session keys by default (``--key``: session, C as generated, or one tonic;
+``folkrnn.transforms.abc.keys``); the corpus keeps the tokens in C and says the printed key in ``key``.
+
 A volume whose report records the same input hash (its rows, the options and the code that
 writes it) and whose files are present is skipped, so a re-run only rebuilds what changed.
 
@@ -54,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default=DEFAULT_BOOK_TITLE, help=f"book title (default: {DEFAULT_BOOK_TITLE})")
     parser.add_argument("--key", default="session", metavar="session|C|TONIC",
                         help="key the tunes are printed in: session (default: D or G major, E or A minor and dorian, "
-                             "D or A mixolydian, whichever keeps the tune within D4-B6), C (as generated) or a tonic "
+                             "D or A mixolydian, whichever keeps the tune within D4-B6, best D4-B5), C (as generated) or a tonic "
                              "such as D, Bb, F# (each tune keeps its mode)")
     parser.add_argument("--no-pdf", action="store_true", help="ABC and corpus only (the corpus has no pages)")
     parser.add_argument("--midi", action="store_true", help="also one MIDI file per tune (abc2midi)")
