@@ -37,6 +37,7 @@ from folkrnn.schemas.tables import (
     VALIDATED,
     findings_table,
 )
+from folkrnn.transforms.abc.keys import KEEP, printed_key
 from folkrnn.transforms.abc.typeset_source import Entry
 from folkrnn.transforms.abc.volume import generated_by_text, plain_text, tune_abc, volume_abc
 from folkrnn.transforms.titles import title_for
@@ -96,12 +97,13 @@ def validated_table(table: pa.Table) -> pa.Table:
     return pa.table(columns, schema=VALIDATED)
 
 
-def with_titles_and_abc(table: pa.Table) -> pa.Table:
+def with_titles_and_abc(table: pa.Table, key: str = KEEP) -> pa.Table:
     """The rows as printed: each tune's type as a ``tune_type`` column, missing or machine-made
     titles as ``title_for(number, meter, type)`` and ``abc`` rewritten as its block in the volume.
 
     The corpus's ``abc`` is exactly the tune's block in its volume, whatever the input held; a
-    title the input gave that is not ``title_for``'s is kept.
+    title the input gave that is not ``title_for``'s is kept. A ``key`` column says the key each tune
+    is printed in (``key`` is compile's ``--key`` choice).
     """
     numbers = table.column("number").to_pylist()
     meters = table.column("meter").to_pylist()
@@ -110,12 +112,13 @@ def with_titles_and_abc(table: pa.Table) -> pa.Table:
     titles = [plain_text(t) if t and t != title_for(n, m) else title_for(n, m, k.name if k else None)
               for t, n, m, k in zip(table.column("title").to_pylist(), numbers, meters, kinds)]
     marks = table.select(["valid", "reasons", "problems", "pickup"]).to_pylist()
-    abc = [tune_abc({"number": n, "title": t, "tokens": k, "kind": kind, **mark})
+    abc = [tune_abc({"number": n, "title": t, "tokens": k, "kind": kind, **mark}, key)
            for n, t, k, kind, mark in zip(numbers, titles, tokens, kinds, marks)]
     table = table.set_column(table.schema.get_field_index("title"), table.schema.field("title"),
                              pa.array(titles, pa.string()))
     table = table.set_column(table.schema.get_field_index("abc"), table.schema.field("abc"), pa.array(abc, pa.string()))
-    return table.append_column(CORPUS.field("tune_type"), pa.array([k.name if k else None for k in kinds], pa.string()))
+    table = table.append_column(CORPUS.field("tune_type"), pa.array([k.name if k else None for k in kinds], pa.string()))
+    return table.append_column(CORPUS.field("key"), pa.array([printed_key(k or [], key) for k in tokens], pa.string()))
 
 
 def checkpoints_of(table: pa.Table, names: Mapping[str, str]) -> list[dict]:
@@ -154,7 +157,8 @@ def corpus_partition(out_dir: str, volume: int) -> str:
 def write_corpus_partition(table: pa.Table, pages: Mapping[int, int] | None, path: str) -> None:
     """A volume's rows with their page as ``corpus/volume=V/part-0.parquet`` (schema CORPUS)."""
     page = pa.array([(pages or {}).get(n) for n in table.column("number").to_pylist()], pa.int32())
-    corpus = table.select([*VALIDATED.names, "tune_type"]).append_column(CORPUS.field("page"), page).cast(CORPUS)
+    corpus = table.select([*VALIDATED.names, "tune_type"]).append_column(CORPUS.field("page"), page)
+    corpus = corpus.append_column(CORPUS.field("key"), table.column("key")).cast(CORPUS)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_parquet(path, corpus)
 
@@ -200,6 +204,7 @@ class VolumeJob:
     midi: bool = False
     input_hash: str = ""
     checkpoint_names: dict[str, str] = field(default_factory=dict)  # checkpoint id -> name (the manifest's)
+    key: str = KEEP  # compile's --key choice: KEEP prints the tunes in C, as generated
 
     @property
     def stem(self) -> str:
@@ -239,7 +244,7 @@ def build_volume(job: VolumeJob) -> dict:
     """
     timings: dict[str, float] = {}
     began = start = time.perf_counter()
-    table = with_titles_and_abc(job.table)
+    table = with_titles_and_abc(job.table, job.key)
     rows = table.select(["number", "title", "meter", "mode", "valid", "tune_type"]).to_pylist()
     checkpoints = checkpoints_of(table, job.checkpoint_names)
     generated_by = generated_by_text([(c["name"], c["id"]) for c in checkpoints])

@@ -8,6 +8,9 @@ Outputs under ``--out``::
     volumes/midi/folkrnn-volume-01/tune-<number>.mid   with --midi
     corpus/volume=1/part-0.parquet         schema CORPUS, hive-partitioned by volume
 
+Tunes are printed in session keys by default (``--key``: session, C as generated, or one tonic;
+``folkrnn.transforms.abc.keys``); the corpus keeps the tokens in C and says the printed key in ``key``.
+
 A volume whose report records the same input hash (its rows, the options and the code that
 writes it) and whose files are present is skipped, so a re-run only rebuilds what changed.
 
@@ -35,7 +38,8 @@ HELP = "Compile generated tunes into numbered volumes (ABC, typeset PDF with con
 # The code that shapes a volume's files (its ABC, PDF, MIDI, corpus partition and report).
 CODE_FILES = ("pipeline/books.py", "pipeline/typeset.py", "pipeline/midi.py", "transforms/abc/volume.py",
               "transforms/abc/typeset_source.py", "transforms/abc/tool_output.py", "transforms/abc/tokenize.py",
-              "transforms/titles.py", "transforms/tune_types.py")
+              "transforms/titles.py", "transforms/tune_types.py", "transforms/abc/keys.py",
+              "transforms/abc/header.py")
 # The same as folkrnn.pipeline.books.PER_VOLUME and DEFAULT_BOOK_TITLE (a test checks): repeated here so
 # that `folkrnn --help` does not import Arrow.
 PER_VOLUME = 3000
@@ -54,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--where", default=None,
                         help="only tunes matching this SQL condition (as in folkrnn query), e.g. \"meter = '6/8'\"")
     parser.add_argument("--title", default=DEFAULT_BOOK_TITLE, help=f"book title (default: {DEFAULT_BOOK_TITLE})")
+    parser.add_argument("--key", default="session", metavar="session|C|TONIC",
+                        help="key the tunes are printed in: session (default: D or G major, E or A minor and dorian, "
+                             "D or A mixolydian, whichever keeps the tune within D4-B6, best D4-B5), C (as generated) or a tonic "
+                             "such as D, Bb, F# (each tune keeps its mode)")
     parser.add_argument("--no-pdf", action="store_true", help="ABC and corpus only (the corpus has no pages)")
     parser.add_argument("--midi", action="store_true", help="also one MIDI file per tune (abc2midi)")
     parser.add_argument("--jobs", type=int, default=2, help="volumes built at once (default 2)")
@@ -70,12 +78,22 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     if not args.title.strip():
         raise UsageError("--title is empty: give the book a title")
+    args.key = check_key(args.key)
     tools = [] if args.no_pdf else ["abcm2ps", "gs"]
     tools += ["abc2midi"] if args.midi else []
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         raise UsageError(f"{', '.join(missing)} not found: install with apt-get install abcm2ps abcmidi ghostscript"
                          + ("" if args.midi else ", or use --no-pdf"))
+
+
+def check_key(value: str) -> str:
+    from folkrnn.transforms.abc.keys import check_key_choice
+
+    try:
+        return check_key_choice(value)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def code_hash() -> str:
@@ -163,9 +181,9 @@ def plan_jobs(args: argparse.Namespace, table, names: dict[str, str] | None = No
     jobs = []
     for k, part in enumerate(volumes, start=1):
         job = VolumeJob(table=part, volume=k, n_volumes=len(volumes), book_title=args.title, out_dir=args.out,
-                        pdf=not args.no_pdf, midi=args.midi, checkpoint_names=dict(names or {}))
+                        pdf=not args.no_pdf, midi=args.midi, checkpoint_names=dict(names or {}), key=args.key)
         job.input_hash = input_hash(part, volume=k, volumes=len(volumes), title=args.title, pdf=job.pdf,
-                                    midi=job.midi, code=code, checkpoints=job.checkpoint_names)
+                                    midi=job.midi, code=code, checkpoints=job.checkpoint_names, key=job.key)
         jobs.append(job)
     return jobs
 

@@ -130,6 +130,8 @@ VALIDATED = pa.schema([*GENERATED, *FINDINGS])
 # The published corpus: one hive partition per volume (corpus/volume=3/part-0.parquet); "volume"
 # is the partition column, so it is not stored inside the files. tune_type: reel, jig, ... from
 # the meter and rhythm (folkrnn.transforms.tune_types; null without a meter); page: where the
-# tune starts in its volume's PDF (null without a PDF).
-CORPUS = pa.schema([*VALIDATED, pa.field("tune_type", pa.string()), pa.field("page", pa.int32())])
+# tune starts in its volume's PDF (null without a PDF); key: the key the book prints the tune in
+# (compile --key), e.g. Dmaj; the tokens stay in C, as generated.
+CORPUS = pa.schema([*VALIDATED, pa.field("tune_type", pa.string()), pa.field("page", pa.int32()),
+                    pa.field("key", pa.string())])
 CORPUS_PARTITIONING = pa.schema([pa.field("volume", pa.int32())])

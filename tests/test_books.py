@@ -349,7 +349,7 @@ def broken_dataset(path: str) -> str:
 
 def test_report_captures_abcm2ps_messages_per_tune(tmp_path):
     data = broken_dataset(str(tmp_path / "generated"))  # no findings: compile validates on the way
-    assert run_compile(data, "--out", str(tmp_path / "out"), "--quiet") == 0
+    assert run_compile(data, "--out", str(tmp_path / "out"), "--key", "C", "--quiet") == 0  # the notes as written
     stem = tmp_path / "out" / "volumes" / "folkrnn-volume-01"
     report = json.loads(stem.with_suffix(".report.json").read_text())
     assert report["tunes_with_abcm2ps_errors"] == 1 and report["valid_tunes_with_abcm2ps_errors"] == 0

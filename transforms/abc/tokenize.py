@@ -147,15 +147,22 @@ class _PitchOutOfVocab(Exception):
     pass
 
 
+def shift_note(letter: int, octave: int, height: int, semitones: int, steps: int) -> tuple[int, int, int]:
+    """A note moved ``steps`` letters and ``semitones`` up: its letter (0..6 for C..B), octave and the
+    alteration its new letter needs to sound ``height + semitones`` (height = 12 * octave + letter's
+    semitone + alteration, in any one octave numbering)."""
+    index = letter + steps
+    new_letter, new_octave = index % 7, octave + index // 7
+    return new_letter, new_octave, height + semitones - (12 * new_octave + LETTER_SEMITONES[new_letter])
+
+
 def pitch_token(note: Note, semitones: int, steps: int) -> str:
-    index = note.letter + steps
-    letter, octave = index % 7, note.octave + index // 7
-    alteration = None
-    if note.accidental is not None:
-        old = 12 * note.octave + LETTER_SEMITONES[note.letter] + note.accidental
-        alteration = old + semitones - (12 * octave + LETTER_SEMITONES[letter])
-        if not -1 <= alteration <= 1:
-            raise _PitchOutOfVocab(f"{LETTERS[note.letter]} would need a double accidental")
+    height = 12 * note.octave + LETTER_SEMITONES[note.letter] + (note.accidental or 0)
+    letter, octave, alteration = shift_note(note.letter, note.octave, height, semitones, steps)
+    if note.accidental is None:
+        alteration = None
+    elif not -1 <= alteration <= 1:
+        raise _PitchOutOfVocab(f"{LETTERS[note.letter]} would need a double accidental")
     token = pitch_text(alteration, LETTERS[letter], octave - 4)  # scientific octave 4 is the ABC C
     if token not in PITCH_TOKENS:
         raise _PitchOutOfVocab(f"{token} is outside the vocabulary's range")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 
+from folkrnn.transforms.abc.keys import KEEP, in_key
 from folkrnn.transforms.abc.tokenize import detokenize
 from folkrnn.transforms.tune_types import TuneType, classify
 
@@ -77,16 +78,19 @@ def book_tune(block: str, kind: TuneType | None, problems: str | None) -> str:
     return "\n".join([*header, lines[k], *notes, *body]) + "\n"
 
 
-def tune_abc(row: Mapping) -> str:
+def tune_abc(row: Mapping, key: str = KEEP) -> str:
     """One tune block: ``X:`` number, ``T:`` title, ``R:`` type, ``M:``, ``L:``, ``Q:`` tempo,
     ``K:``, the problems of a tune the validator failed, the body with a final bar line.
 
     ``row`` needs number, title and tokens; ``valid`` False with ``reasons``, ``problems`` and
-    ``pickup`` marks the tune; ``kind`` is its ``classify`` when already made.
+    ``pickup`` marks the tune; ``kind`` is its ``classify`` when already made. The tune is written
+    in the key ``folkrnn.transforms.abc.keys.in_key`` gives for compile's ``--key`` choice ``key``
+    (C: as generated).
     """
     tokens = list(row["tokens"] or [])
-    block = detokenize(tokens, number=int(row["number"]), title=plain_text(row["title"] or ""), typeset=True)
     kind = row["kind"] if "kind" in row else classify(tokens)
+    printed, _ = in_key(tokens, key)
+    block = detokenize(printed, number=int(row["number"]), title=plain_text(row["title"] or ""), typeset=True)
     return book_tune(block, kind, problems_text(row) if row.get("valid") is False else None)
 
 
