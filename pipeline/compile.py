@@ -34,7 +34,7 @@ HELP = "Compile generated tunes into numbered volumes (ABC, typeset PDF with con
 # The code that shapes a volume's files (its ABC, PDF, MIDI, corpus partition and report).
 CODE_FILES = ("pipeline/books.py", "pipeline/typeset.py", "pipeline/midi.py", "transforms/abc/volume.py",
               "transforms/abc/typeset_source.py", "transforms/abc/tool_output.py", "transforms/abc/tokenize.py",
-              "transforms/titles.py")
+              "transforms/abc/playback.py", "transforms/titles.py", "schemas/music.py")
 # The same as folkrnn.pipeline.books.PER_VOLUME and DEFAULT_BOOK_TITLE (a test checks): repeated here so
 # that `folkrnn --help` does not import Arrow.
 PER_VOLUME = 3000
@@ -68,12 +68,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     if not args.title.strip():
         raise UsageError("--title is empty: give the book a title")
-    tools = [] if args.no_pdf else ["abcm2ps", "gs"]
-    tools += ["abc2midi"] if args.midi else []
-    missing = [t for t in tools if shutil.which(t) is None]
+    from folkrnn.pipeline.subprocesses import missing_tools, missing_tools_text
+
+    missing = missing_tools(*([] if args.no_pdf else ["abcm2ps", "gs"]), *(["abc2midi"] if args.midi else []))
     if missing:
-        raise UsageError(f"{', '.join(missing)} not found: install with apt-get install abcm2ps abcmidi ghostscript"
-                         + ("" if args.midi else ", or use --no-pdf"))
+        raise UsageError(missing_tools_text(missing) + ("" if args.midi or args.no_pdf else ", or use --no-pdf"))
 
 
 def code_hash() -> str:
@@ -219,6 +218,15 @@ def run(args: argparse.Namespace) -> int:
         return write_volumes(args, table, jobs, start)
 
 
+def midi_summary(report: dict) -> str:
+    """``3000 MIDI files, `` or ``2998 MIDI files (none for tunes 203, 1655: see the report), ``."""
+    if report.get("midi_files") is None:
+        return ""
+    missing = [str(t["number"]) for t in report.get("tunes_without_midi", [])]
+    return f"{report['midi_files']} MIDI files" + (
+        f" (none for tunes {', '.join(missing)}: see the report)" if missing else "") + ", "
+
+
 def write_volumes(args: argparse.Namespace, table, jobs: list, start: float) -> int:
     from folkrnn.pipeline.books import read_report, remove_leftovers, up_to_date
 
@@ -238,7 +246,7 @@ def write_volumes(args: argparse.Namespace, table, jobs: list, start: float) -> 
         typeset = (f"{report['pages']} pages, abcm2ps errors in {report['tunes_with_abcm2ps_errors']} tunes "
                    f"({report['valid_tunes_with_abcm2ps_errors']} valid), " if report.get("pdf") else "")
         print(f"volume {job.volume}/{job.n_volumes}: {report.get('tunes')} tunes ({report.get('valid_tunes')} valid), "
-              f"numbers {report.get('first')}-{report.get('last')}, {typeset}{status}")
+              f"numbers {report.get('first')}-{report.get('last')}, {typeset}{midi_summary(report)}{status}")
     print(f"written to {args.out}/: volumes/ (ABC, PDF, reports), corpus/ (Parquet, by volume) "
           f"in {time.perf_counter() - start:.1f} s")
     return 1 if failures else 0
