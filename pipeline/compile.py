@@ -53,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only tunes matching this SQL condition (as in folkrnn query), e.g. \"meter = '6/8'\"")
     parser.add_argument("--title", default=DEFAULT_BOOK_TITLE, help=f"book title (default: {DEFAULT_BOOK_TITLE})")
     parser.add_argument("--no-pdf", action="store_true", help="ABC and corpus only (the corpus has no pages)")
-    parser.add_argument("--midi", action="store_true", help="also one MIDI file per tune (abc2midi)")
+    parser.add_argument("--midi", action="store_true",
+                        help="also one MIDI file per tune (abc2midi; melody on General MIDI 110, Fiddle; tempo from "
+                             "the tune's Q:, else by meter)")
     parser.add_argument("--jobs", type=int, default=2, help="volumes built at once (default 2)")
     parser.add_argument("--force", action="store_true", help="rebuild volumes even when up to date")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -153,8 +153,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--program must be a General MIDI program from 0 to 127, got {args.program}")
     paths = output_paths(args.out, numbers)
     kinds = {n: file_type(path) for n, path in paths.items()}
-    if len(set(paths.values())) < len(paths):
-        raise UsageError(f"--out {args.out!r} gives several tunes the same file: put {{number}} in it")
     check_tools(any(kind is not None for kind in kinds.values()), args.soundfont)
     tunes = read_tunes(args.dataset, numbers)
     failed = 0
