@@ -6,8 +6,9 @@ OUT    ?= out
 # torch==2.13.0: here a CPU wheel is cached and pip finds it. Elsewhere, to avoid gigabytes of CUDA:
 #   make test PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
 PIP_EXTRA ?=
-DEB_PACKAGES := abcm2ps abcmidi ghostscript poppler-utils
-DEB_COMMANDS := abcm2ps abc2midi gs pdftotext
+DEB_PACKAGES := abcm2ps abcmidi ghostscript poppler-utils fluidsynth fluid-soundfont-gm
+DEB_COMMANDS := abcm2ps abc2midi gs pdftotext fluidsynth
+DEB_FILES    := /usr/share/sounds/sf2/FluidR3_GM.sf2
 
 .PHONY: setup sysdeps test demo bench lint clean
 
@@ -21,15 +22,17 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q $(PIP_EXTRA) -e ".[test]" 2> $(VENV)/install.log || (cat $(VENV)/install.log; exit 1)
 	@touch $@
 
-# The Debian tools that typeset and play tunes: installed when missing and we are root.
+# The Debian tools that typeset and play tunes (and the General MIDI soundfont that
+# `folkrnn play` renders with): installed when missing and we are root.
 sysdeps:
 	@missing=""; for c in $(DEB_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	for f in $(DEB_FILES); do test -f $$f || missing="$$missing $$f"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages: $(DEB_PACKAGES)"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES)) >/dev/null || exit 1; \
 	  else \
-	    echo "missing commands:$$missing. Install them with: sudo apt-get install $(DEB_PACKAGES)"; exit 1; \
+	    echo "missing commands or files:$$missing. Install them with: sudo apt-get install $(DEB_PACKAGES)"; exit 1; \
 	  fi; \
 	fi
 

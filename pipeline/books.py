@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from folkrnn.pipeline.midi import MIDI_PREFIX, make_midi
+from folkrnn.pipeline.midi import MIDI_PREFIX, MidiFiles, make_midi
 from folkrnn.pipeline.typeset import TYPESET_PREFIX, Typeset, typeset_volume
 from folkrnn.schemas.files import atomic_write, write_parquet
 from folkrnn.schemas.tables import (
@@ -264,29 +264,29 @@ def build_volume(job: VolumeJob) -> dict:
         timings.update({k: round(v, 3) for k, v in typeset.seconds.items()})
     elif os.path.exists(job.stem + ".pdf"):
         os.remove(job.stem + ".pdf")  # a PDF of other inputs would contradict the new ABC
-    midi_files, midi_messages = 0, []
+    midi = None
     if job.midi:
         start = time.perf_counter()
-        midi_files, midi_messages = make_midi(abc_text, job.midi_dir)
+        midi = make_midi(abc_text, job.midi_dir)
         timings["midi"] = time.perf_counter() - start
     start = time.perf_counter()
     write_corpus_partition(table, typeset.pages if typeset else None, corpus_partition(job.out_dir, job.volume))
     timings["corpus"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - began
-    report = volume_report(job, rows, abc_text, typeset, midi_files, midi_messages, timings)
+    report = volume_report(job, rows, abc_text, typeset, midi, timings)
     report.update(generated_by=generated_by, checkpoints=checkpoints,
                   tune_types=dict(sorted(Counter(r["tune_type"] or "none" for r in rows).items())))
     atomic_write(job.stem + ".report.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     return report
 
 
-def volume_report(job: VolumeJob, rows: list[dict], abc_text: str, typeset: Typeset | None, midi_files: int,
-                  midi_messages: list[dict], timings: dict[str, float]) -> dict:
+def volume_report(job: VolumeJob, rows: list[dict], abc_text: str, typeset: Typeset | None, midi: MidiFiles | None,
+                  timings: dict[str, float]) -> dict:
     """Per-tune abcm2ps and abc2midi messages, with the counts a reader checks first."""
     by_number = {r["number"]: r for r in rows}
     tunes: dict[int, dict] = {}
     other: list[dict] = []
-    for tool, messages in (("abcm2ps", typeset.messages if typeset else []), ("abc2midi", midi_messages)):
+    for tool, messages in (("abcm2ps", typeset.messages if typeset else []), ("abc2midi", midi.messages if midi else [])):
         for m in messages:
             if m["number"] is None or m["number"] not in by_number:
                 other.append({"tool": tool, **m})
@@ -319,7 +319,8 @@ def volume_report(job: VolumeJob, rows: list[dict], abc_text: str, typeset: Type
         "tunes_with_abcm2ps_errors": count("abcm2ps", "error"),
         "valid_tunes_with_abcm2ps_errors": count("abcm2ps", "error", valid_only=True),
         "tunes_with_abcm2ps_warnings": count("abcm2ps", "warning"),
-        "midi_files": midi_files if job.midi else None,
+        "midi_files": midi.count if midi else None,
+        "tunes_without_midi": midi.missing if midi else [],
         "tunes_with_abc2midi_errors": count("abc2midi", "error"),
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "messages": [tunes[n] for n in sorted(tunes)],

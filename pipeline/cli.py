@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "validate": "folkrnn.pipeline.validate",
     "compare": "folkrnn.pipeline.compare",
     "compile": "folkrnn.pipeline.compile",
+    "play": "folkrnn.pipeline.play",
     "query": "folkrnn.pipeline.query",
     "stats": "folkrnn.pipeline.stats",
     "analyze": "folkrnn.pipeline.analyze",

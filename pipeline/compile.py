@@ -39,7 +39,7 @@ HELP = "Compile generated tunes into numbered volumes (ABC, typeset PDF with con
 CODE_FILES = ("pipeline/books.py", "pipeline/typeset.py", "pipeline/midi.py", "transforms/abc/volume.py",
               "transforms/abc/typeset_source.py", "transforms/abc/tool_output.py", "transforms/abc/tokenize.py",
               "transforms/titles.py", "transforms/tune_types.py", "transforms/abc/keys.py",
-              "transforms/abc/header.py")
+              "transforms/abc/header.py", "transforms/abc/playback.py", "schemas/music.py")
 # The same as folkrnn.pipeline.books.PER_VOLUME and DEFAULT_BOOK_TITLE (a test checks): repeated here so
 # that `folkrnn --help` does not import Arrow.
 PER_VOLUME = 3000
@@ -63,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "D or A mixolydian, whichever keeps the tune within D4-B6, best D4-B5), C (as generated) or a tonic "
                              "such as D, Bb, F# (each tune keeps its mode)")
     parser.add_argument("--no-pdf", action="store_true", help="ABC and corpus only (the corpus has no pages)")
-    parser.add_argument("--midi", action="store_true", help="also one MIDI file per tune (abc2midi)")
+    parser.add_argument("--midi", action="store_true",
+                        help="also one MIDI file per tune (abc2midi; melody on General MIDI 110, Fiddle; tempo from "
+                             "the tune's Q:, else by meter)")
     parser.add_argument("--jobs", type=int, default=2, help="volumes built at once (default 2)")
     parser.add_argument("--force", action="store_true", help="rebuild volumes even when up to date")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -79,12 +81,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     if not args.title.strip():
         raise UsageError("--title is empty: give the book a title")
     args.key = check_key(args.key)
-    tools = [] if args.no_pdf else ["abcm2ps", "gs"]
-    tools += ["abc2midi"] if args.midi else []
-    missing = [t for t in tools if shutil.which(t) is None]
+    from folkrnn.pipeline.subprocesses import missing_tools, missing_tools_text
+
+    missing = missing_tools(*([] if args.no_pdf else ["abcm2ps", "gs"]), *(["abc2midi"] if args.midi else []))
     if missing:
-        raise UsageError(f"{', '.join(missing)} not found: install with apt-get install abcm2ps abcmidi ghostscript"
-                         + ("" if args.midi else ", or use --no-pdf"))
+        raise UsageError(missing_tools_text(missing) + ("" if args.midi or args.no_pdf else ", or use --no-pdf"))
 
 
 def check_key(value: str) -> str:
@@ -268,6 +269,15 @@ def run(args: argparse.Namespace) -> int:
         return write_volumes(args, table, jobs, start)
 
 
+def midi_summary(report: dict) -> str:
+    """``3000 MIDI files, `` or ``2998 MIDI files (none for tunes 203, 1655: see the report), ``."""
+    if report.get("midi_files") is None:
+        return ""
+    missing = [str(t["number"]) for t in report.get("tunes_without_midi", [])]
+    return f"{report['midi_files']} MIDI files" + (
+        f" (none for tunes {', '.join(missing)}: see the report)" if missing else "") + ", "
+
+
 def write_volumes(args: argparse.Namespace, table, jobs: list, start: float) -> int:
     from folkrnn.pipeline.books import read_report, remove_leftovers, up_to_date
 
@@ -287,7 +297,7 @@ def write_volumes(args: argparse.Namespace, table, jobs: list, start: float) -> 
         typeset = (f"{report['pages']} pages, abcm2ps errors in {report['tunes_with_abcm2ps_errors']} tunes "
                    f"({report['valid_tunes_with_abcm2ps_errors']} valid), " if report.get("pdf") else "")
         print(f"volume {job.volume}/{job.n_volumes}: {report.get('tunes')} tunes ({report.get('valid_tunes')} valid), "
-              f"numbers {report.get('first')}-{report.get('last')}, {typeset}{status}")
+              f"numbers {report.get('first')}-{report.get('last')}, {typeset}{midi_summary(report)}{status}")
     print(f"written to {args.out}/: volumes/ (ABC, PDF, reports), corpus/ (Parquet, by volume) "
           f"in {time.perf_counter() - start:.1f} s")
     return 1 if failures else 0

@@ -131,6 +131,14 @@ def bar_eighths(meter: str | None) -> Fraction | None:
     return BAR_EIGHTHS.get(meter) if meter else None
 
 
+# How fast a tune without a ``Q:`` field is played: a moderate session speed for its meter, as an
+# ABC ``Q:`` value (the meter's beat per minute: a quarter, a dotted quarter in compound meters,
+# a half in 3/2). A tune's own ``Q:`` (its tune type's tempo) wins.
+PLAYBACK_TEMPO: dict[str, str] = {"2/4": "1/4=120", "3/4": "1/4=138", "4/4": "1/4=176", "6/8": "3/8=112",
+                                  "9/8": "3/8=120", "12/8": "3/8=120", "3/2": "1/2=84"}
+assert set(PLAYBACK_TEMPO) == set(METERS)
+
+
 # --- Pitch ---------------------------------------------------------------------------------------
 LETTERS = "CDEFGAB"
 LETTER_SEMITONES: tuple[int, ...] = (0, 2, 4, 5, 7, 9, 11)  # above C, of the natural letters C..B
