@@ -80,21 +80,14 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     if not args.title.strip():
         raise UsageError("--title is empty: give the book a title")
-    args.key = check_key(args.key)
+    from folkrnn.transforms.abc.keys import check_key_choice
+
+    args.key = check_key_choice(args.key)
     from folkrnn.pipeline.subprocesses import missing_tools, missing_tools_text
 
     missing = missing_tools(*([] if args.no_pdf else ["abcm2ps", "gs"]), *(["abc2midi"] if args.midi else []))
     if missing:
         raise UsageError(missing_tools_text(missing) + ("" if args.midi or args.no_pdf else ", or use --no-pdf"))
-
-
-def check_key(value: str) -> str:
-    from folkrnn.transforms.abc.keys import check_key_choice
-
-    try:
-        return check_key_choice(value)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
 
 
 def code_hash() -> str:

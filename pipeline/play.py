@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--program", type=int, default=MELODY_PROGRAM, metavar="P",
                         help=f"General MIDI program of the melody, 0-127 (default {MELODY_PROGRAM}, Fiddle; 73 Flute, "
                              "40 Violin, 78 Whistle)")
+    parser.add_argument("--key", default="session", metavar="session|C|TONIC",
+                        help="key to play in, as folkrnn compile --key (default session: the key the books print)")
     parser.add_argument("--soundfont", default=SOUNDFONT,
                         help=f"SoundFont for fluidsynth (default {SOUNDFONT}, from Debian's fluid-soundfont-gm)")
     parser.epilog = ("Tempo: the tune's Q: field, else a moderate speed for its meter. Audio is rendered offline "
@@ -94,12 +96,15 @@ def check_tools(audio: bool, soundfont: str) -> None:
             raise UsageError(f"--soundfont {soundfont} is not a SoundFont (.sf2) file")
 
 
-def read_tunes(dataset: str, numbers: list[int]) -> dict[int, str]:
-    """Tune number -> its ABC as its book prints it; a number the dataset lacks is a UsageError."""
+def read_tunes(dataset: str, numbers: list[int], key: str = "C") -> dict[int, str]:
+    """Tune number -> its ABC as its book prints it in ``key`` (compile's --key); a number the
+    dataset lacks is a UsageError."""
     import pyarrow as pa
 
     from folkrnn.pipeline.books import with_titles_and_abc
     from folkrnn.pipeline.datasets import connect, relation, select
+    from folkrnn.schemas.tables import findings_table
+    from folkrnn.transforms.validator import validate_tokens
 
     available = list(relation(connect(), dataset).columns)
     if "number" not in available or "tokens" not in available:
@@ -116,7 +121,11 @@ def read_tunes(dataset: str, numbers: list[int]) -> dict[int, str]:
     for name, kind in (("title", pa.string()), ("meter", pa.string()), ("abc", pa.string())):
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, kind))
-    table = with_titles_and_abc(table)
+    # the validator's findings, as the book marks the tune (a text line abc2midi does not play)
+    findings = findings_table([validate_tokens(list(t or [])) for t in table.column("tokens").to_pylist()])
+    for name in ("valid", "reasons", "problems", "pickup"):
+        table = table.append_column(findings.schema.field(name), findings.column(name))
+    table = with_titles_and_abc(table, key)
     return dict(zip(table.column("number").to_pylist(), table.column("abc").to_pylist()))
 
 
@@ -154,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
     paths = output_paths(args.out, numbers)
     kinds = {n: file_type(path) for n, path in paths.items()}
     check_tools(any(kind is not None for kind in kinds.values()), args.soundfont)
-    tunes = read_tunes(args.dataset, numbers)
+    from folkrnn.transforms.abc.keys import check_key_choice
+
+    tunes = read_tunes(args.dataset, numbers, check_key_choice(args.key))
     failed = 0
     for n in numbers:
         try:

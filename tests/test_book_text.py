@@ -270,4 +270,4 @@ def test_corpus_has_the_tune_type_and_query_selects_by_it(small_book, folkrnn_ma
 
 
 def test_only_the_corpus_has_the_tune_type():
-    assert "tune_type" not in GENERATED.names and CORPUS.names[-2:] == ["tune_type", "page"]
+    assert "tune_type" not in GENERATED.names and CORPUS.names[-3:] == ["tune_type", "page", "key"]

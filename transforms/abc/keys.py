@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from folkrnn.schemas.errors import UsageError
 from folkrnn.schemas.music import LETTER_SEMITONES, LETTERS, PITCH_HEIGHT, parse_pitch, pitch_text
 from folkrnn.schemas.vocab import BAR_TOKENS, MODES, PITCH_TOKENS
 from folkrnn.transforms.abc.header import Key
@@ -77,13 +78,13 @@ for _token in PITCH_TOKENS:
 
 def check_key_choice(text: str) -> str:
     """The ``--key`` value spelled as this module takes it (``session``, ``C`` or a tonic such as ``D``,
-    ``Bb``, ``F#``; the letter in either case); raises ValueError saying what is accepted otherwise."""
+    ``Bb``, ``F#``; the letter in either case); raises UsageError saying what is accepted otherwise."""
     if text.strip().lower() == SESSION:
         return SESSION
     match = TONIC_RE.fullmatch(text.strip().capitalize())
     if match:
         return match.group(0)
-    raise ValueError(f"--key {text!r} is not a key: give 'session' (a session key for each tune's mode), "
+    raise UsageError(f"--key {text!r} is not a key: give 'session' (a session key for each tune's mode), "
                      "'C' (as generated) or a tonic letter A-G with an optional # or b, e.g. D, Bb, F# "
                      "(each tune keeps its mode)")
 
