@@ -8,7 +8,8 @@ page numbers and is read again: the tunes must not have moved (see
 
 Ghostscript reads pass 2's PostScript with abcm2ps's note heads, clefs, accidentals, dots and
 rests redefined as forms (``folkrnn.transforms.abc.postscript_glyphs``), so the PDF holds each
-outline once: half the size, a quarter less ghostscript time. It leaves the creation date, the
+outline once: under half the size (a 3,000-tune volume 24 -> 10 MB) and a third less ghostscript
+CPU time. It leaves the creation date, the
 file ID and the XMP packet (which repeats the date) out of the PDF, so the same volume gives the
 same PDF bytes.
 
