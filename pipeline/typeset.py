@@ -9,9 +9,8 @@ page numbers and is read again: the tunes must not have moved (see
 Ghostscript reads pass 2's PostScript with abcm2ps's note heads, clefs, accidentals, dots and
 rests redefined as forms (``folkrnn.transforms.abc.postscript_glyphs``), so the PDF holds each
 outline once: under half the size (a 3,000-tune volume 24 -> 10 MB) and a third less ghostscript
-CPU time. It leaves the creation date, the
-file ID and the XMP packet (which repeats the date) out of the PDF, so the same volume gives the
-same PDF bytes.
+CPU time. It leaves the creation date, the file ID and the XMP packet (which repeats the date)
+out of the PDF, so the same volume gives the same PDF bytes.
 
 The tools work in a dot-prefixed folder beside the PDF (readers skip it; one a kill -9 leaves
 behind is removed by the next run, ``books.remove_leftovers``, not left in /tmp), and the PDF
