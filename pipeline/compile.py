@@ -39,7 +39,8 @@ HELP = "Compile generated tunes into numbered volumes (ABC, typeset PDF with con
 CODE_FILES = ("pipeline/books.py", "pipeline/typeset.py", "pipeline/midi.py", "transforms/abc/volume.py",
               "transforms/abc/typeset_source.py", "transforms/abc/tool_output.py", "transforms/abc/tokenize.py",
               "transforms/titles.py", "transforms/tune_types.py", "transforms/abc/keys.py",
-              "transforms/abc/header.py", "transforms/abc/playback.py", "schemas/music.py")
+              "transforms/abc/header.py", "transforms/abc/playback.py", "transforms/abc/postscript_glyphs.py",
+              "schemas/music.py")
 # The same as folkrnn.pipeline.books.PER_VOLUME and DEFAULT_BOOK_TITLE (a test checks): repeated here so
 # that `folkrnn --help` does not import Arrow.
 PER_VOLUME = 3000

@@ -6,6 +6,12 @@ page numbers and is read again: the tunes must not have moved (see
 ``folkrnn.transforms.abc.typeset_source`` for why they do not). abcm2ps runs in secure mode
 (``-S``): the input is machine-made and must not include files or inject PostScript.
 
+Ghostscript reads pass 2's PostScript with abcm2ps's note heads, clefs, accidentals, dots and
+rests redefined as forms (``folkrnn.transforms.abc.postscript_glyphs``), so the PDF holds each
+outline once: under half the size (a 3,000-tune volume 24 -> 10 MB) and a third less ghostscript
+CPU time. It leaves the creation date, the file ID and the XMP packet (which repeats the date)
+out of the PDF, so the same volume gives the same PDF bytes.
+
 The tools work in a dot-prefixed folder beside the PDF (readers skip it; one a kill -9 leaves
 behind is removed by the next run, ``books.remove_leftovers``, not left in /tmp), and the PDF
 reaches its name through ``atomic_write``: the old file or the complete new one, never half.
@@ -23,12 +29,16 @@ from dataclasses import dataclass, field
 
 from folkrnn.pipeline.subprocesses import run_tool
 from folkrnn.schemas.files import atomic_write
+from folkrnn.transforms.abc.postscript_glyphs import reuse_glyphs
 from folkrnn.transforms.abc.tool_output import abcm2ps_messages, tune_pages
 from folkrnn.transforms.abc.typeset_source import Entry, contents_pages, pdf_docinfo, typeset_source
 from folkrnn.transforms.abc.volume import tune_start_lines
 
 ABCM2PS_TIMEOUT = 300  # seconds; one pass over 3,000 tunes takes under one
-GS_TIMEOUT = 900  # seconds; ghostscript takes some 6-10 s per 1,000 pages here
+GS_TIMEOUT = 900  # seconds; ghostscript takes some 4-8 s per 1,000 pages here
+# pdfwrite to a PDF whose bytes depend only on the PostScript (no date, no random file ID).
+GS_PDF = ["gs", "-q", "-dBATCH", "-dNOPAUSE", "-dSAFER", "-sDEVICE=pdfwrite", "-dOmitInfoDate", "-dOmitID",
+          "-dOmitXMP"]
 TYPESET_PREFIX = ".typeset-"  # the work folder's name starts so
 
 
@@ -65,8 +75,7 @@ def _ghostscript(postscript_path: str, docinfo: str, workdir: str, pdf_path: str
     with open(info_path, "w", encoding="ascii") as handle:
         handle.write(docinfo)
     made = os.path.join(workdir, "volume.pdf")
-    gs = run_tool(["gs", "-q", "-dBATCH", "-dNOPAUSE", "-dSAFER", "-sDEVICE=pdfwrite", f"-sOutputFile={made}",
-                   postscript_path, info_path], GS_TIMEOUT)
+    gs = run_tool([*GS_PDF, f"-sOutputFile={made}", postscript_path, info_path], GS_TIMEOUT)
     if gs.returncode != 0:
         raise RuntimeError(f"ghostscript failed (exit {gs.returncode}): {(gs.stderr or gs.stdout).strip()[-300:]}")
     with open(made, "rb") as pdf:
@@ -95,8 +104,10 @@ def typeset_volume(abc_text: str, pdf_path: str, *, volume: int, n_volumes: int,
             pages = found
         messages = abcm2ps_messages(proc.stderr, offset, starts)
         start = time.perf_counter()
-        docinfo = pdf_docinfo(book_title, volume, n_volumes, generated_by)
-        _ghostscript(os.path.join(workdir, "pass2.ps"), docinfo, workdir, pdf_path)
+        with_forms = os.path.join(workdir, "volume.ps")
+        with open(with_forms, "w", encoding="latin-1") as handle:
+            handle.write(reuse_glyphs(postscript)[0])
+        _ghostscript(with_forms, pdf_docinfo(book_title, volume, n_volumes, generated_by), workdir, pdf_path)
         seconds["ghostscript"] = time.perf_counter() - start
     return Typeset(pages=pages or {}, page_count=page_count, front_pages=1 + contents_pages(len(entries)),
                    messages=messages, returncode=proc.returncode, seconds=seconds)

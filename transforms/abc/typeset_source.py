@@ -110,7 +110,7 @@ def front_matter(book_title: str, volume: int, n_volumes: int, entries: Sequence
         "%%center Each title is made up from the tune number.",
         "%%newpage",
         # Set after the title page's break, so every later page has it and the title page not.
-        f'%%header "{title} \u2014 Volume {volume} of {n_volumes}\t\t$P"',
+        f'%%header "{title} - Volume {volume} of {n_volumes}\t\t$P"',
     ]
     per_page = 2 * CONTENTS_ROWS
     footnote = ["%%textfont Times-Italic 10", f"%%text {NOT_WELL_FORMED_NOTE}"] if any(not e.valid for e in entries) else []
