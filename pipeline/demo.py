@@ -1,7 +1,9 @@
 """``folkrnn demo``: the main job on the embedded default data, one stage after another.
 
-ingest (music21's collections) -> generate 30,000 tunes with the shipped model -> validate ->
-ten volumes of 3,000 tunes as ABC and PDF, and the corpus as a hive-partitioned Parquet dataset.
+ingest (music21's collections) -> generate 30,000 tunes with the shipped dance-tune model,
+well-formed by construction (``--plain``: as the model writes them, like the original books) ->
+validate -> ten volumes of 3,000 tunes as ABC and PDF in session keys, a MIDI file per tune, and
+the corpus as a hive-partitioned Parquet dataset.
 Each stage keeps what an earlier run finished, so a second run takes seconds.
 """
 
@@ -26,7 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for generation (default 0: torch's choice, all cores); 1 when other "
                              "jobs share the CPU")
+    parser.add_argument("--plain", action="store_true",
+                        help="sample as the model writes, without --well-formed (as the original folk-rnn books: "
+                             "about a fifth of the tunes then fail the validator)")
+    parser.add_argument("--key", default="session", metavar="session|C|TONIC",
+                        help="key the books print the tunes in (default session; C: as generated)")
     parser.add_argument("--no-pdf", action="store_true", help="volumes as ABC only")
+    parser.add_argument("--no-midi", action="store_true", help="no MIDI file per tune")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -98,10 +106,12 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(stamp_path, json.dumps(stamp))
     timings.append(("ingest", time.perf_counter() - start))
 
-    start = stage(2, "generate", f"{args.num_tunes} tunes with {os.path.relpath(args.checkpoint)} -> "
+    how = "as the model writes them" if args.plain else "well-formed by construction"
+    start = stage(2, "generate", f"{args.num_tunes} tunes with {os.path.relpath(args.checkpoint)}, {how} -> "
                                  f"{paths['generated']}")
     run_command("generate", [args.checkpoint, "--out", paths["generated"], "--num-tunes", str(args.num_tunes),
-                             "--seed", str(args.seed), "--threads", str(args.threads), *quiet])
+                             "--seed", str(args.seed), "--threads", str(args.threads),
+                             *([] if args.plain else ["--well-formed"]), *quiet])
     timings.append(("generate", time.perf_counter() - start))
 
     start = stage(3, "validate", "bars, repeats, sections and cadences of every tune")
@@ -118,9 +128,10 @@ def run(args: argparse.Namespace) -> int:
     timings.append(("validate", time.perf_counter() - start))
 
     start = stage(4, "compile", f"volumes of {args.per_volume} tunes as ABC" + ("" if args.no_pdf else " and PDF")
-                  + f", and the corpus -> {paths['compiled']}")
+                  + ("" if args.no_midi else ", MIDI") + f" (key: {args.key}), and the corpus -> {paths['compiled']}")
     run_command("compile", [shards, "--out", paths["compiled"], "--per-volume", str(args.per_volume),
-                            *(["--no-pdf"] if args.no_pdf else []), *quiet])
+                            "--key", args.key, *(["--no-pdf"] if args.no_pdf else []),
+                            *([] if args.no_midi else ["--midi"]), *quiet])
     timings.append(("compile", time.perf_counter() - start))
 
     print_closing(paths, summary_path, timings)
@@ -138,14 +149,19 @@ def print_closing(paths: dict, summary_path: str, timings: list[tuple[str, float
     print("folkrnn demo: done")
     print(f"  training corpus     {paths['ingest']}/tunes/ (Parquet), summary.json")
     print(f"  generated tunes     {paths['generated']}/generated/ (Parquet shards), manifest.json")
+    midi = os.path.join(volumes, "midi")
+    n_midi = sum(len(files) for _, _, files in os.walk(midi)) if os.path.isdir(midi) else 0
     print(f"  tune books          {volumes}/ ({len(pdfs)} PDF volumes, ABC, reports)")
+    if n_midi:
+        print(f"  MIDI                {midi}/ ({n_midi:,} files, one a tune)")
     print(f"  corpus (Arrow)      {corpus}/volume=N/ (hive-partitioned Parquet)")
     if valid is not None:
         print(f"  valid rate          {100 * valid:.1f}% of {summary.get('tunes')} generated tunes pass the validator")
     print("  stage times         " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings))
     print("\nTry:")
-    print(f"  .venv/bin/folkrnn query {corpus} --where \"meter = '6/8' AND mode = 'dor' AND valid\" "
-          "--columns number,title,volume,page --limit 5")
+    print(f"  .venv/bin/folkrnn query {corpus} --where \"tune_type = 'jig' AND mode = 'dor'\" "
+          "--columns number,title,key,volume,page --limit 5")
     print(f"  .venv/bin/folkrnn query {corpus} --where \"number = 488\" --format abc")
     print(f"  .venv/bin/folkrnn query {corpus} --where \"standard_form AND ends_on_tonic\" "
           "--columns number,title,form --limit 5")
+    print(f"  .venv/bin/folkrnn play {corpus} --numbers 488          # -> tune-488.ogg, to listen to")
