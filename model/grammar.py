@@ -164,6 +164,9 @@ class State:
 
 
 FIELDS = tuple(f.name for f in fields(State))
+# The per-token tables ``advance`` reads (the last two: a tuplet's time in simple and compound meters).
+TOKEN_TABLES = ("kind", "bar_code", "full_of", "compound_of", "dur_num", "dur_den", "fused", "fused_num", "fused_den",
+                "first_num", "first_den", "second4", "tuplet_p", "tuplet_time1", "tuplet_time0")
 
 
 class Grammar:
@@ -192,6 +195,8 @@ class Grammar:
         self.full_of = table({f"M:{m}": 8 * G * int(m.split("/")[0]) // int(m.split("/")[1]) for m in METERS})
         self.compound_of = table({f"M:{m}": 1 for m in COMPOUND_METERS})
         self.tuplet_time = {c: table({t: tuplet_q(p, c) * G for t, p in TUPLET_NOTES.items()}) for c in (0, 1)}
+        self.token_tables = torch.stack([getattr(self, name) for name in TOKEN_TABLES[:-2]]
+                                        + [self.tuplet_time[1], self.tuplet_time[0]], 1)  # (137 x tables)
         self.longest = int(self.full_of.max())
         # Plans as table lookups, indexed by the gap to a full bar (+ OFFSET: a gap below 0 has no plan):
         # fill[g]: fewest tokens that fill g grid units; after_note[b, g]: the same once a note of the
@@ -254,7 +259,7 @@ class Grammar:
             k = s.part.clamp(max=self.n_parts)
             ok &= (s.sec_counted + 1 == self.part_bars[k]) & (self.part_repeated[k] | (k == self.n_parts - 1))
             later = (self.part_bars[k] - s.sec_counted - 1).clamp(min=0) + self.bars_after[k]
-            closing = later * (self.fill[self.offset + s.full] + 1) + 1 + self.ends_repeated
+            closing = later * (torch.take(self.fill, self.offset + s.full) + 1) + 1 + self.ends_repeated
         notes = s.elems > 0
         short = notes & (s.pos < s.full)
         completes = short & ~short_ok & (((ok & (s.pickup > 0)) & (s.pos == s.full - s.pickup))
@@ -267,12 +272,14 @@ class Grammar:
     def _plan(self, b: dict, gap: torch.Tensor, extra) -> torch.Tensor:
         """Tokens to end the tune from ``gap`` grid units short of a full bar (rows, k), after ``extra``
         tokens that finish the element under way: fill the bar with the fewest notes, then close."""
-        return self.fill[(gap + self.offset).clamp(0, self.offset + self.longest)] + b["closing"].unsqueeze(1) + extra
+        index = (gap + self.offset).clamp(0, self.offset + self.longest)
+        return torch.take(self.fill, index) + b["closing"].unsqueeze(1) + extra
 
     def _plan_after_note(self, b: dict, gap: torch.Tensor, base: torch.Tensor, extra) -> torch.Tensor:
         """``_plan`` for a note of base length number ``base`` (NOTE_BASES) written ``gap`` short of
         a full bar, at its cheapest length."""
-        return self.after_note[base, (gap + self.offset).clamp(0, self.offset + self.longest)] + b["closing"].unsqueeze(1) + extra
+        index = base * self.after_note.shape[1] + (gap + self.offset).clamp(0, self.offset + self.longest)
+        return torch.take(self.after_note, index) + b["closing"].unsqueeze(1) + extra
 
     def _bar_lines(self, s: State, b: dict) -> tuple[torch.Tensor, State]:
         """(ok, after) for the five bar tokens at once, each a row of a (5 x rows) computation: the bar
@@ -395,10 +402,10 @@ class Grammar:
         else:
             k = s.part.clamp(max=self.n_parts)
             later = (self.part_bars[k] - s.sec_counted - 1).clamp(min=0) + self.bars_after[k]
-            closing = torch.where(k >= self.n_parts, INF, later * (self.fill[self.offset + s.full] + 1) + 1
+            closing = torch.where(k >= self.n_parts, INF, later * (torch.take(self.fill, self.offset + s.full) + 1) + 1
                                   + self.ends_repeated)
             end = k >= self.n_parts
-        plan = self.fill[self.offset + s.full] + closing
+        plan = torch.take(self.fill, self.offset + s.full) + closing
         plan = torch.where(s.sphase == E1_DONE, 2, plan)  # |2 </s>
         end = end & (s.need_more == 0) & (((s.sphase == BODY) & (s.opened == 0)) | (s.sphase == E2))
         return torch.where(end, 1, plan)
@@ -483,12 +490,14 @@ class Grammar:
     def advance(self, s: State, tokens: torch.Tensor) -> None:
         """Move every row's state by its token (in place); the token must have been allowed. Right
         after ``allowed`` on the same state, bar lines reuse the states it worked out."""
-        kind = self.kind[tokens]
+        # every table ``advance`` reads, looked up for the tokens in one copy of rows
+        t = dict(zip(TOKEN_TABLES, self.token_tables.index_select(0, tokens).t()))
+        kind = t["kind"]
         bar = (s.phase == 2) & (kind == BAR)
         if bool(bar.any()):  # bar lines: the bar closes, the section machine acts
             cached, self._afters = self._afters, None
             after = cached[1] if cached is not None and cached[0] is s else self._bar_lines(s, self._bars(s))[1]
-            code = self.bar_code[tokens].clamp(min=0).unsqueeze(0)  # (1, rows): the row of each token's code
+            code = t["bar_code"].clamp(min=0).unsqueeze(0)  # (1, rows): the row of each token's code
             rows = code.shape[1]
 
             def chosen(field: torch.Tensor) -> torch.Tensor:  # a field that differs by bar token: its row
@@ -498,8 +507,8 @@ class Grammar:
         self._afters = None
         n = s.view()
         header_meter = (s.phase == 0) & (kind == METER)
-        n.full = torch.where(header_meter, self.full_of[tokens], s.full)
-        n.compound = torch.where(header_meter, self.compound_of[tokens], s.compound)
+        n.full = torch.where(header_meter, t["full_of"], s.full)
+        n.compound = torch.where(header_meter, t["compound_of"], s.compound)
         n.phase = torch.where(header_meter, 1, torch.where((s.phase == 1) & (kind == MODE), 2, s.phase))
         n.phase = torch.where(kind == END, 3, n.phase)
         body = s.phase == 2
@@ -526,22 +535,22 @@ class Grammar:
         n.elems = s.elems + (starts | tuplet_note).long()
         # a duration rescales the element just written
         dur = body & (kind == DUR)
-        new_length = s.base * self.dur_num[tokens] // self.dur_den[tokens]
+        new_length = s.base * t["dur_num"] // t["dur_den"]
         pos = torch.where(dur, s.pos - s.length + new_length, pos)
         length = torch.where(dur, new_length, length)
         el = torch.where(dur, torch.where(s.el == EL_NOTE, EL_NOTE_DUR, EL_NONE), el)
         # a broken rhythm rescales it and leaves a factor for the next note
         broken = body & (kind == BROKEN)
-        first = torch.where(self.fused[tokens] == 1, s.base * self.fused_num[tokens] // self.fused_den[tokens],
-                            s.length) * self.first_num[tokens] // self.first_den[tokens]
+        first = torch.where(t["fused"] == 1, s.base * t["fused_num"] // t["fused_den"],
+                            s.length) * t["first_num"] // t["first_den"]
         pos = torch.where(broken, s.pos - s.length + first, pos)
-        n.second4 = torch.where(broken, self.second4[tokens], second4)
+        n.second4 = torch.where(broken, t["second4"], second4)
         el = torch.where(broken, EL_NONE, el)
         # a tuplet reserves its time
         tuplet = body & (kind == TUPLET)
-        time = torch.where(s.compound == 1, self.tuplet_time[1][tokens], self.tuplet_time[0][tokens])
+        time = torch.where(s.compound == 1, t["tuplet_time1"], t["tuplet_time0"])
         n.pos = torch.where(tuplet, s.pos + time, pos)
-        n.tuplet_left = torch.where(tuplet, self.tuplet_p[tokens], n.tuplet_left)
+        n.tuplet_left = torch.where(tuplet, t["tuplet_p"], n.tuplet_left)
         n.el = torch.where(tuplet, EL_NONE, el)
         n.length = length
         n.group = torch.where(bar, s.group, 0)  # anything but a bar token ends a bar line
