@@ -80,7 +80,7 @@ def tune_midi(playable: Playable, number: int, midi_path: str, work: str) -> Tun
         handle.write(playable.text)
     reasons = []
     for _ in range(ATTEMPTS):
-        proc = run_tool(["abc2midi", source, "-o", midi_path], ABC2MIDI_TIMEOUT, cwd=work, quick=True)
+        proc = run_tool(["abc2midi", source, "-o", midi_path], ABC2MIDI_TIMEOUT, cwd=work)
         messages = abc2midi_messages(proc.stdout + "\n" + proc.stderr, ([1], [number]))
         if proc.returncode == 0 and os.path.isfile(midi_path) and os.path.getsize(midi_path) > 0:
             with open(midi_path, "rb") as handle:

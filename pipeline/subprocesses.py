@@ -48,24 +48,24 @@ def die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-# util-linux's setpriv sets the parent-death signal and then runs the tool (see ``run_tool``'s ``quick``).
+# util-linux's setpriv sets the parent-death signal and then runs the tool (see ``run_tool``).
 _SETPRIV = shutil.which("setpriv") if _PRCTL is not None else None
 
 
-def run_tool(command: list[str], timeout: float, cwd: str | None = None, quick: bool = False
-             ) -> subprocess.CompletedProcess:
+def run_tool(command: list[str], timeout: float, cwd: str | None = None) -> subprocess.CompletedProcess:
     """Run ``command`` to its end, its output captured as text; a missing tool or a timeout is a
     RuntimeError. The tool dies with this process (see ``die_with_parent``).
 
-    ``quick`` is for many short runs (abc2midi, once per tune): the tool starts through
-    ``setpriv --pdeathsig KILL``, so no Python runs in the child and Python can start it with
-    vfork; in a process the size of a compile worker that costs about 5 ms a run instead of 35
-    (a fork copying its page tables). The price: a kill in the instant between the start and
-    setpriv's prctl leaves that one run to finish on its own, which takes milliseconds.
+    The tool starts through util-linux's ``setpriv --pdeathsig KILL``, so no Python runs in the
+    child and Python starts it with vfork: no fork handlers run in the child (gRPC's, loaded with
+    Beam in the same process, can abort a forked child), and in a process the size of a compile
+    worker a start costs about 5 ms instead of 35 (a fork copying its page tables). The price: a
+    kill in the instant between the start and setpriv's prctl leaves that one run to finish on its
+    own. Without setpriv, a preexec function sets the signal.
     """
     parent = os.getpid()
     preexec = (lambda: die_with_parent(parent)) if _PRCTL is not None else None
-    if quick and _SETPRIV is not None:
+    if _SETPRIV is not None:
         require_tools(command[0])  # setpriv would report a missing tool as its own failure
         command, preexec = [_SETPRIV, "--pdeathsig", "KILL", "--", *command], None
     try:
