@@ -10,7 +10,7 @@ DEB_PACKAGES := abcm2ps abcmidi ghostscript poppler-utils fluidsynth fluid-sound
 DEB_COMMANDS := abcm2ps abc2midi gs pdftotext fluidsynth
 DEB_FILES    := /usr/share/sounds/sf2/FluidR3_GM.sf2
 
-.PHONY: setup sysdeps test demo bench lint clean
+.PHONY: setup sysdeps test demo demo-model bench lint clean
 
 setup: $(BIN)/.installed sysdeps
 
@@ -45,6 +45,16 @@ test: setup
 
 demo: setup
 	$(BIN)/folkrnn demo --out $(OUT)
+
+# The dance-tune demo model (model/demo.pt), fine-tuned from the base model (model/base.pt) on the
+# dance collections' tunes with repeated parts: the recipe of model/MODEL.md, about 15 min on 1 CPU core.
+DANCE_TUNES := collection IN ('oneills1850','ryansMammoth','airdsAirs') AND form LIKE 'AABB%'
+demo-model: setup
+	test -d $(OUT)/ingest/tunes || $(BIN)/folkrnn ingest --out $(OUT)/ingest
+	rm -rf $(OUT)/demo-model-train
+	$(BIN)/folkrnn train $(OUT)/ingest --init model/base.pt --only-valid --where "$(DANCE_TUNES)" \
+	    --lr 0.002 --dropout 0.3 --max-epochs 8 --seed 42 --threads 1 \
+	    --name "folkrnn session demo: 3x256 LSTM, dance tunes" --out $(OUT)/demo-model-train --export model/demo.pt
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

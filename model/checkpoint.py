@@ -12,7 +12,8 @@ classes), so loading one can never run code. Its keys:
     train_state          epoch, batch_index, step, best_valid_loss, RNG states, data fingerprint,
                          train config ... (see model/train.py) or None
     torch_version        the torch that wrote it
-    meta                 provenance (plain dict): who wrote it, from what (e.g. the imported file's sha256)
+    meta                 provenance (plain dict): who wrote it, from what (e.g. the imported file's sha256),
+                         ``name`` (a short human name, shown on title pages and in manifests)
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ VERSION = 1
 MAX_PICKLE_BYTES = 64 * 1024 * 1024
 MAX_PICKLE_OPS = 5_000_000
 HOW_TO_GET_ONE = ("checkpoints are written by `folkrnn train` or `folkrnn import-folkrnn`, and model/demo.pt "
-                  "is one")
+                  "and model/base.pt are two")
 
 
 class CheckpointError(UsageError):
@@ -285,6 +286,35 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu", name: str | N
         raise CheckpointError(f"{path}: weights do not fit the model config it records ({detail})") from None
     model.to(device).eval()
     return model, payload
+
+
+def default_name(config: ModelConfig) -> str:
+    """The name of a checkpoint that was given none: what it is, from its model config."""
+    return f"folk-rnn v2-style LSTM {config.n_layers}x{config.n_units}"
+
+
+def checkpoint_name(payload: dict) -> str:
+    """A checkpoint's human name: ``meta["name"]``, or one built from its model config."""
+    meta = payload.get("meta")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if isinstance(name, str) and name.strip():
+        return name.strip()
+    return default_name(ModelConfig.from_dict(payload["model_config"]))
+
+
+def export_checkpoint(source: str, out: str, name: str | None = None) -> None:
+    """A sampling-only copy of a checkpoint (weights, model config, vocabulary, meta; no optimizer
+    or training state): the checked weights of ``source`` with its meta (its name too, or ``name``)
+    and the id of the checkpoint it was exported from."""
+    model, payload = load_checkpoint(source)
+    meta = dict(payload.get("meta") or {})
+    meta["name"] = name or checkpoint_name(payload)
+    meta["exported_from"] = checkpoint_id(source)
+    train_state = payload.get("train_state")
+    if isinstance(train_state, dict):  # what a model card needs, without the state to resume
+        meta.setdefault("epoch", train_state.get("epoch"))
+        meta.setdefault("valid_loss", train_state.get("valid_loss"))
+    save_checkpoint(out, model, model.config, meta=meta)
 
 
 def checkpoint_id(path: str) -> str:

@@ -60,18 +60,30 @@ def load_tunes(path: str, valid_fraction: float = 0.05, only_valid: bool = False
     return TuneSet(train=train, valid=valid, source=path)
 
 
+def ingest_tunes_path(path: str) -> str:
+    """The Parquet tunes of ``path``: its ``tunes/`` folder when it is the ingest's --out folder."""
+    if os.path.isdir(path) and os.path.isdir(os.path.join(path, "tunes")):
+        return os.path.join(path, "tunes")
+    return path
+
+
 def read_parquet_tunes(path: str, only_valid: bool = False) -> TuneSet:
     """Tunes of the ingest's ``TUNES`` table: ``token_ids`` and ``split`` columns."""
     import pyarrow.parquet as pq
 
-    if os.path.isdir(path) and os.path.isdir(os.path.join(path, "tunes")):
-        path = os.path.join(path, "tunes")  # the ingest's --out folder
+    path = ingest_tunes_path(path)
     try:
         table = pq.read_table(path, columns=["token_ids", "split"] + (["valid"] if only_valid else []))
-        if only_valid:
-            table = table.filter(table.column("valid").fill_null(False))
     except Exception as err:  # pyarrow raises several types; all mean "not the ingest's tunes"
         raise UsageError(f"cannot read tunes from {path}: {err} (expected the ingest's tunes/*.parquet)") from None
+    return tunes_from_table(table, path, only_valid)
+
+
+def tunes_from_table(table, source: str, only_valid: bool = False) -> TuneSet:
+    """A TuneSet from an Arrow table with the ingest's ``token_ids`` and ``split`` columns (and
+    ``valid`` with ``only_valid``), in the table's row order. ``source`` names it in messages."""
+    if only_valid:
+        table = table.filter(table.column("valid").fill_null(False))
     ids = table.column("token_ids").to_pylist()
     splits = table.column("split").to_pylist()
     train, valid = [], []
@@ -80,11 +92,11 @@ def read_parquet_tunes(path: str, only_valid: bool = False) -> TuneSet:
             continue
         arr = np.asarray(tune, dtype=np.int64)
         if arr.min() < 0 or arr.max() >= VOCAB_SIZE:
-            raise UsageError(f"{path}: row {k} has token ids outside 0..{VOCAB_SIZE - 1}; re-run the ingest")
+            raise UsageError(f"{source}: row {k} has token ids outside 0..{VOCAB_SIZE - 1}; re-run the ingest")
         (valid if split == "valid" else train).append(arr)
     if not train:
-        raise UsageError(f"{path} holds no training tunes (split == 'train')")
-    return TuneSet(train=train, valid=valid, source=path)
+        raise UsageError(f"{source} holds no training tunes (split == 'train')")
+    return TuneSet(train=train, valid=valid, source=source)
 
 
 def read_folkrnn_text(path: str) -> list[np.ndarray]:

@@ -64,11 +64,13 @@ class RunSettings:
 class Manifest:
     settings: RunSettings
     checkpoint: str
+    checkpoint_name: str = ""  # the checkpoint's human name (meta["name"]): title pages print it
     command: list[str] = field(default_factory=lambda: list(sys.argv))
     versions: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
-        value = {"settings": asdict(self.settings), "checkpoint": self.checkpoint, "command": self.command,
+        value = {"settings": asdict(self.settings), "checkpoint": self.checkpoint,
+                 "checkpoint_name": self.checkpoint_name, "command": self.command,
                  "versions": self.versions or package_versions()}
         value["settings"]["prime"] = list(self.settings.prime)
         return json.dumps(value, indent=2)
@@ -152,15 +154,20 @@ def local_checkpoint(path: str) -> str:
 def load_model(checkpoint: str):
     """The checked model of a local or remote checkpoint, on the CPU (config, shapes and finite
     weights checked before anything is built: see model/checkpoint.py)."""
-    from folkrnn.model.checkpoint import load_checkpoint
+    return load_named_model(checkpoint)[0]
+
+
+def load_named_model(checkpoint: str):
+    """``load_model`` and the checkpoint's human name (its meta["name"], or one from its sizes)."""
+    from folkrnn.model.checkpoint import checkpoint_name, load_checkpoint
 
     local = local_checkpoint(checkpoint)
     try:
-        model, _ = load_checkpoint(local, "cpu", name=checkpoint)
+        model, payload = load_checkpoint(local, "cpu", name=checkpoint)
     finally:
         if local != checkpoint:
             os.unlink(local)
-    return model
+    return model, checkpoint_name(payload)
 
 
 def load_sampler(checkpoint: str, dtype: str = "fp32", device: str = "auto", model=None):

@@ -314,6 +314,7 @@ def import_folkrnn(pkl_path: str, out_path: str) -> dict:
     except FolkRNNImportError as err:
         raise FolkRNNImportError(f"{pkl_path}: {err}") from None
     meta = {"written_by": "folkrnn import-folkrnn", "imported_from": os.path.basename(pkl_path),
+            "name": f"folk-rnn v2 {info['n_layers']}x{info['n_units']}, imported from {os.path.basename(pkl_path)}",
             "source_sha256": source_sha256, **info}
     save_checkpoint(out_path, model, model.config, meta=meta)
     return {**info, "out": out_path, "source_sha256": source_sha256}

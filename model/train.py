@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from folkrnn.model.checkpoint import (
     CheckpointError,
     checkpoint_id,
+    default_name,
     make_folder,
     read_payload,
     save_checkpoint,
@@ -57,7 +58,7 @@ from folkrnn.model.optim import lr_at_epoch, make_optimizer
 from folkrnn.schemas.errors import UsageError, setting
 
 # What a resumed run may change; everything else comes from its checkpoint.
-RESUME_MAY_CHANGE = ("max_epochs", "max_steps", "checkpoint_every", "device", "precision")
+RESUME_MAY_CHANGE = ("max_epochs", "max_steps", "checkpoint_every", "device", "precision", "name")
 
 
 @dataclass
@@ -79,6 +80,10 @@ class TrainConfig:
     valid_fraction: float = 0.05  # only for folk-rnn text input
     device: str = "auto"
     precision: str = "fp32"  # fp32, tf32 (CUDA matmuls), bf16 (autocast)
+    # The SQL condition that chose the tunes from the ingest ("": all of them). The caller selects
+    # the data (pipeline/train.py); it is recorded here so a resume cannot change it.
+    where: str = ""
+    name: str = ""  # the checkpoints' human name ("": one built from the model's sizes)
 
     @property
     def gate_clip(self) -> float:
@@ -310,7 +315,9 @@ def save(run: Run, state: TrainState, path: str, valid_loss: float | None = None
                    "init": state.init}
     schedule = {"kind": "decay_after", "lr": cfg.lr, "decay": cfg.lr_decay, "decay_after": cfg.lr_decay_after,
                 "epoch": state.epoch, "current_lr": lr_at_epoch(cfg, state.epoch)}
-    meta = {"written_by": "folkrnn train"}
+    meta = {"written_by": "folkrnn train", "name": cfg.name or default_name(run.model_config)}
+    if cfg.where:
+        meta["where"] = cfg.where
     if state.init:
         meta["initialised_from"] = state.init["checkpoint_id"]
     save_checkpoint(path, run.model, run.model_config, run.optimizer, schedule, train_state, meta=meta)
@@ -439,6 +446,7 @@ def start_line(run: Run, state: TrainState, resume: str | None, init: str | None
     return (f"train: {len(data.train)} tunes ({data.tokens('train')} tokens), valid: {len(data.valid)} tunes; "
             f"model {sizes.n_layers}x{sizes.n_units}, {run.model.num_parameters():,} parameters; "
             f"device {run.device}; clip {run.cfg.clip_mode}"
+            + (f"; tunes where {run.cfg.where}" if run.cfg.where else "")
             + (f"; weights from {init}" if state.init and resume is None else "")
             + (f"; resuming at step {state.step}, epoch {state.epoch + 1}" if resume is not None else ""))
 

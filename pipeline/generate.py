@@ -256,10 +256,10 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     from folkrnn.model.checkpoint import checkpoint_id
-    from folkrnn.model.generate import RunSettings, load_model
+    from folkrnn.model.generate import RunSettings, load_named_model
 
     # The whole checkpoint is checked (config, weight shapes, NaN) before a folder or a worker is made.
-    model = load_model(args.checkpoint)
+    model, name = load_named_model(args.checkpoint)
     checkpoint_hash = checkpoint_id(args.checkpoint) if "://" not in args.checkpoint else args.checkpoint
     settings = RunSettings(checkpoint_id=checkpoint_hash, num_tunes=args.num_tunes, seed=args.seed,
                            temperature=args.temperature, prime=tuple(prime), max_tokens=args.max_tokens,
@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
                            bars_per_part=args.bars if args.form else ())
     if numbers is not None:
         return print_numbers(args, settings, numbers, model)
-    return generate_run(args, settings, model)
+    return generate_run(args, settings, model, name)
 
 
 def print_numbers(args: argparse.Namespace, settings, numbers: list[int], model) -> int:
@@ -284,7 +284,7 @@ def print_numbers(args: argparse.Namespace, settings, numbers: list[int], model)
     return 0
 
 
-def generate_run(args: argparse.Namespace, settings, model) -> int:
+def generate_run(args: argparse.Namespace, settings, model, checkpoint_name: str = "") -> int:
     from dataclasses import asdict
 
     from apache_beam.io.filesystems import FileSystems
@@ -294,7 +294,7 @@ def generate_run(args: argparse.Namespace, settings, model) -> int:
 
     out = args.out
     manifest_path = FileSystems.join(out, "manifest.json")
-    manifest = Manifest(settings, args.checkpoint)
+    manifest = Manifest(settings, args.checkpoint, checkpoint_name)
     now = json.loads(manifest.to_json())
     shards_dir = FileSystems.join(out, SHARDS_DIR)
     if FileSystems.exists(manifest_path) and not args.overwrite:

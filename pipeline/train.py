@@ -11,7 +11,7 @@ HELP = "Train the folk-rnn v2 LSTM on tokenized tunes (resumable; checkpoints, m
 
 MODEL_OPTIONS = {"layers": "n_layers", "units": "n_units", "dropout": "dropout"}
 TRAIN_OPTIONS = ("batch_size", "lr", "seed", "checkpoint_every", "valid_fraction", "clip_mode", "clip", "max_epochs",
-                 "max_steps", "device", "precision")
+                 "max_steps", "device", "precision", "where", "name")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "other work, where waiting for a descheduled thread stalls every small op")
     parser.add_argument("--only-valid", action="store_true",
                         help="train only on tunes the validator passed (ingest Parquet's valid column)")
+    parser.add_argument("--where", default=None,
+                        help="train only on the ingest's tunes matching this SQL condition on its columns, as "
+                             "in folkrnn query, e.g. \"collection IN ('oneills1850','ryansMammoth')\" "
+                             "(recorded in the checkpoints; a resume keeps it)")
+    parser.add_argument("--name", default=None,
+                        help="the checkpoints' human name, shown in generate's manifest and on title pages "
+                             "(default: 'folk-rnn v2-style LSTM LAYERSxUNITS')")
+    parser.add_argument("--export", default=None, metavar="FILE.pt",
+                        help="at the end, also write the run's best checkpoint (by valid loss; the last one "
+                             "without valid tunes) as a sampling-only file: weights, config and meta, e.g. "
+                             "model/demo.pt")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -82,12 +93,17 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     if _given(args, "lr") and args.lr <= 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
+    if _given(args, "where") and not args.where.strip():
+        raise UsageError("--where is empty: give a condition such as \"collection IN ('oneills1850','ryansMammoth')\"")
+    if _given(args, "name") and not args.name.strip():
+        raise UsageError("--name is empty: give a short name such as \"folk-rnn 3x256, dance tunes\"")
+    if _given(args, "export") and (os.path.isdir(args.export) or not args.export.endswith(".pt")):
+        raise UsageError(f"--export {args.export}: give the file to write, e.g. model/mine.pt")
 
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     from folkrnn.model.checkpoint import check_folder, model_config_of, read_payload
-    from folkrnn.model.data import load_tunes
     from folkrnn.model.network import ModelConfig
     from folkrnn.model.train import RESUME_MAY_CHANGE, TrainConfig, checkpoint_paths, restoring, train
 
@@ -127,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         changed = [f"--{option} {getattr(args, option)} (checkpoint: {getattr(model_config, field)})"
                    for option, field in MODEL_OPTIONS.items()
                    if _given(args, option) and getattr(args, option) != getattr(model_config, field)]
-        changed += [f"--{name.replace('_', '-')} {getattr(args, name)} (checkpoint: {getattr(cfg, name)})"
+        changed += [f"--{name.replace('_', '-')} {_shown(getattr(args, name))} "
+                    f"(checkpoint: {_shown(getattr(cfg, name))})"
                     for name in TRAIN_OPTIONS
                     if name not in RESUME_MAY_CHANGE and _given(args, name) and getattr(args, name) != getattr(cfg, name)]
         if changed:
@@ -145,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    data = load_tunes(args.data, cfg.valid_fraction, only_valid=getattr(args, "only_valid", False))
+    data = load_training_tunes(args.data, cfg.where, cfg.valid_fraction, getattr(args, "only_valid", False))
     summary = train(data, args.out, model_config, cfg, resume=resume, progress=not getattr(args, "quiet", False),
                     init=init)
     best = summary["best_valid_loss"]
@@ -154,4 +171,44 @@ def run(args: argparse.Namespace) -> int:
           + f" ({summary['stopped_by'].replace('_', ' ')})")
     print(f"written to {args.out}/: checkpoints/last.pt" + (", checkpoints/best.pt" if summary["best"] else "")
           + ", metrics.csv, loss.png")
+    if getattr(args, "export", None):
+        from folkrnn.model.checkpoint import export_checkpoint
+
+        export_checkpoint(summary["best"] or summary["last"], args.export)
+        print(f"exported {'checkpoints/best.pt' if summary['best'] else 'checkpoints/last.pt'} to {args.export} "
+              "(sampling only)")
     return 0
+
+
+def _shown(value: object) -> str:
+    """A setting's value in a message ("" is no --where: "none")."""
+    return repr(value) if isinstance(value, str) and value else "none" if value == "" else str(value)
+
+
+def load_training_tunes(data: str, where: str, valid_fraction: float, only_valid: bool):
+    """The tunes to train on: all of ``data``, or the ingest's tunes matching the SQL condition
+    ``where``, selected by the sandboxed DuckDB of ``folkrnn query`` (pipeline/datasets.py) in id
+    order."""
+    from folkrnn.model.data import ingest_tunes_path, load_tunes, tunes_from_table
+
+    if not where:
+        return load_tunes(data, valid_fraction, only_valid=only_valid)
+    from folkrnn.pipeline.datasets import connect, relation, select
+
+    path = ingest_tunes_path(data)
+    if not os.path.exists(path):
+        raise UsageError(f"no such file or folder: {data} (give the ingest's output folder)")
+    if not (os.path.isdir(path) or path.endswith(".parquet")):
+        raise UsageError(f"--where needs the ingest's Parquet tunes, and {data} is a text file: give the "
+                         "ingest's output folder")
+    columns = ["token_ids", "split"] + (["valid"] if only_valid else [])
+    available = relation(connect(), path).columns
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise UsageError(f"{data} has no {', '.join(missing)} column: --where selects from the ingest's tunes "
+                         "(give the ingest's output folder)")
+    table = select(path, where=where, columns=columns)
+    if table.num_rows == 0:
+        raise UsageError(f"--where {where!r} matches none of the {data} tunes: check it with "
+                         f"folkrnn query {path} --where ...")
+    return tunes_from_table(table, f"{path} where {where}", only_valid)

@@ -260,7 +260,7 @@ def test_model_card_is_not_a_folkrnn_checkpoint(folkrnn_main, monkeypatch):
     assert one_line(done.stderr) == (
         "folkrnn generate: error: model/MODEL.md is not a folkrnn checkpoint: it is not a file torch saved, or it "
         "is damaged or cut short; checkpoints are written by `folkrnn train` or `folkrnn import-folkrnn`, and "
-        "model/demo.pt is one")
+        "model/demo.pt and model/base.pt are two")
 
 
 def test_other_unreadable_files_name_what_is_wrong(good_checkpoint, tmp_path):

@@ -47,7 +47,7 @@ def test_the_wheel_holds_the_whole_package_under_folkrnn(wheel):
     sources = {os.path.relpath(p, ROOT) for folder in FOLDERS
                for p in glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True)}
     assert sources and {f"folkrnn/{p}" for p in sources} <= set(names), "a subpackage is missing from pyproject"
-    assert "folkrnn/model/demo.pt" in names and "folkrnn/model/MODEL.md" in names
+    assert {"folkrnn/model/demo.pt", "folkrnn/model/base.pt", "folkrnn/model/MODEL.md"} <= set(names)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Issue 13, item 2: a --where condition (query, stats, compile) sees the dataset and nothing else.
+"""Issue 13, item 2: a --where condition (query, stats, compile; train since issue 16) sees the
+dataset and nothing else.
 
 Each payload that read a file, a URL or undid the settings before the fix is refused with one line
 that names no file contents and says the condition may only use the dataset's columns; partition
@@ -20,9 +21,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from folkrnn.pipeline import datasets, query, stats
+from folkrnn.pipeline import train as train_command
 from folkrnn.schemas.errors import UsageError
 from tests.conftest import folkrnn, folkrnn_env
 from tests.test_books import generated_table, run_compile, write_dataset
@@ -44,8 +47,12 @@ def data(tmp_path_factory):
                      partitioning=ds.partitioning(pa.schema([("volume", pa.int32())]), flavor="hive"))
     secret = root / "secret.txt"
     secret.write_text(SECRET + "\n")
+    # the same tunes as an ingest's output folder (token_ids and a split column), for train --where
+    os.makedirs(root / "ingest" / "tunes")
+    split = pa.array(["valid" if n % 10 == 0 else "train" for n in table.column("number").to_pylist()])
+    pq.write_table(table.append_column("split", split), root / "ingest" / "tunes" / "part-0.parquet")
     return {"generated": generated, "corpus": str(root / "corpus"), "secret": str(secret), "root": root,
-            "table": table}
+            "table": table, "ingest": str(root / "ingest")}
 
 
 def payloads(secret: str, out: str) -> list[str]:
@@ -107,7 +114,19 @@ def refused_by_filter_table(data, where: str) -> None:  # compile --where
     datasets.filter_table(data["table"], where)
 
 
-COMMANDS = {"query": refused_by_query, "stats": refused_by_stats, "compile": refused_by_filter_table}
+def refused_by_train(data, where: str) -> None:
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    out = data["root"] / "train-run"
+    try:
+        train_command.run(parser.parse_args([data["ingest"], "--where", where, "--out", str(out), "--layers", "1",
+                                             "--units", "8", "--max-steps", "1", "--quiet"]))
+    finally:
+        assert not out.exists()  # refused before the run folder was made
+
+
+COMMANDS = {"query": refused_by_query, "stats": refused_by_stats, "compile": refused_by_filter_table,
+            "train": refused_by_train}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -259,6 +278,9 @@ def test_legitimate_conditions_still_work(data, where, keep, nonempty):
         assert datasets.select(path, where=where, columns=["number"]).column("number").to_pylist() == expected
     assert stats.compute_stats(data["corpus"], where)["tunes"] == len(expected)
     assert datasets.filter_table(data["table"], where).column("number").to_pylist() == expected
+    if expected:
+        tunes = train_command.load_training_tunes(data["ingest"], where, 0.05, False)
+        assert len(tunes.train) + len(tunes.valid) == len(expected)
 
 
 def test_compile_where_keeps_its_selection(data, tmp_path):
