@@ -34,10 +34,22 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")
 
 
+def merged(old_text: str, new_sections: dict[str, str]) -> str:
+    """RESULTS.md with the sections of the benchmarks just run replaced (or added at the end), the
+    others kept as they were measured."""
+    head, *parts = old_text.split("\n## ")
+    sections = {part.split("\n", 1)[0]: "## " + part for part in parts}
+    for title, text in new_sections.items():
+        sections[title] = text
+    return "\n".join([head.rstrip("\n") + "\n", *(t.rstrip("\n") + "\n" for t in sections.values())])
+
+
 def main(selected: list[str]) -> int:
+    """Every benchmark (then RESULTS.md is written anew), or those whose names contain one of
+    ``selected`` (then only their sections are replaced, each saying its machine and date)."""
     names = [b for b in BENCHMARKS if not selected or any(s in b for s in selected)]
-    sections = [f"# Benchmarks\n\nMachine: {machine()}  \nDate: {datetime.date.today().isoformat()}  \n"
-                f"Command: `make bench` (python -m benchmarks.run)\n"]
+    stamp = f"Machine: {machine()}  \nDate: {datetime.date.today().isoformat()}  \n"
+    sections: dict[str, str] = {}
     for name in names:
         try:
             module = importlib.import_module(name)
@@ -47,8 +59,15 @@ def main(selected: list[str]) -> int:
         print(f"running {name} ...", flush=True)
         result = module.run()
         print(result["markdown"], flush=True)
-        sections.append(f"## {result['name']}\n\n{result['markdown']}\n")
-    atomic_write(RESULTS, "\n".join(sections))
+        own_stamp = f"{stamp}Command: `python -m benchmarks.run {name.split('.')[-1]}`\n\n" if selected else ""
+        sections[result["name"]] = f"## {result['name']}\n\n{own_stamp}{result['markdown']}\n"
+    if selected and os.path.exists(RESULTS):
+        with open(RESULTS, encoding="utf-8") as handle:
+            text = merged(handle.read(), sections)
+    else:
+        text = "\n".join([f"# Benchmarks\n\n{stamp}Command: `make bench` (python -m benchmarks.run)\n",
+                           *sections.values()])
+    atomic_write(RESULTS, text)
     print(f"written {RESULTS}")
     return 0
 
