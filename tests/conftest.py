@@ -11,7 +11,6 @@ process costs 2-3 s of imports; ``main`` in this process costs nothing once they
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 from collections.abc import Callable
@@ -65,19 +64,19 @@ def start_folkrnn(*argv: str, env: dict[str, str] | None = None, **popen_kwargs)
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen_kwargs)
 
 
-def folkrnn(*argv: str, timeout: float = 300, env: dict[str, str] | None = None,
+def folkrnn(*argv: str, timeout: float = 300, env: dict[str, str] | None = None, max_file_size: int | None = None,
             **run_kwargs) -> subprocess.CompletedProcess:
-    """``folkrnn ARGV`` run to its end as a child process in the repository folder (output as text)."""
-    return subprocess.run(folkrnn_command(*argv), cwd=ROOT, env=env or folkrnn_env(), capture_output=True,
+    """``folkrnn ARGV`` run to its end as a child process in the repository folder (output as text).
+
+    ``max_file_size`` caps the files the child writes at that many bytes (RLIMIT_FSIZE binds root
+    too, where chmod does not): a write past it fails with EFBIG, "File too large". util-linux's
+    prlimit sets it, not a preexec function: Python then starts the child without fork, whose
+    handlers (gRPC's, loaded with Beam in this process) can abort a forked child."""
+    command = folkrnn_command(*argv)
+    if max_file_size is not None:
+        command = ["prlimit", f"--fsize={max_file_size}:{max_file_size}", "--", *command]
+    return subprocess.run(command, cwd=ROOT, env=env or folkrnn_env(), capture_output=True,
                           text=True, timeout=timeout, **run_kwargs)
-
-
-def file_size_limit(limit: int) -> Callable[[], None]:
-    """A ``preexec_fn`` that caps the files the child writes at ``limit`` bytes (RLIMIT_FSIZE binds
-    root too, where chmod does not): a write past it fails with EFBIG, "File too large"."""
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return apply
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import ROOT, file_size_limit, folkrnn, folkrnn_env, start_folkrnn
+from tests.conftest import ROOT, folkrnn, folkrnn_env, start_folkrnn
 from tests.test_books import generated_table, run_compile, write_dataset
 
 ON_LINUX = sys.platform.startswith("linux")
@@ -251,7 +251,7 @@ def test_validate_shard_write_failure_names_the_shard_and_the_real_cause(tmp_pat
     data = small_dataset(str(tmp_path / "generated"))
     before = folder_bytes(data)
     limit = 1024  # bytes: every rewritten shard is larger
-    done = folkrnn("validate", data, "--quiet", preexec_fn=file_size_limit(limit), timeout=120)
+    done = folkrnn("validate", data, "--quiet", max_file_size=limit, timeout=120)
     stderr = done.stderr
     shard = os.path.join(data, "part-00000.parquet")
     assert done.returncode == 2, stderr

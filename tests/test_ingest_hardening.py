@@ -27,7 +27,7 @@ from folkrnn.pipeline import cli
 from folkrnn.pipeline.run_ingest import JOURNAL, commit_staging, os_error_of, remove_leftovers
 from folkrnn.transforms.abc.split import looks_like_folkrnn_text
 from folkrnn.transforms.sources import split_json_array
-from tests.conftest import FIXTURES, ROOT, file_size_limit, folkrnn, folkrnn_env, start_folkrnn
+from tests.conftest import FIXTURES, ROOT, folkrnn, folkrnn_env, start_folkrnn
 
 TABLES = ("tunes", "duplicates", "rejects")
 NOTES = "CDEFGABcdefgab"
@@ -114,7 +114,7 @@ def test_a_reingest_that_fails_writing_leaves_the_previous_output(tmp_path, caps
     before = folder_bytes(out)
     big = write(tmp_path / "big.abc", abc_tunes(400))
     limit = 16_000  # bytes: the first ingest's files are smaller, the new tunes shard is larger
-    run = folkrnn("ingest", big, "--out", out, "--quiet", preexec_fn=file_size_limit(limit))
+    run = folkrnn("ingest", big, "--out", out, "--quiet", max_file_size=limit)
     stderr = run.stderr
     assert run.returncode == 2, stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr

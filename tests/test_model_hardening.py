@@ -41,7 +41,7 @@ from folkrnn.model.network import (
 from folkrnn.model.train import TrainConfig, train
 from folkrnn.pipeline import cli
 from folkrnn.schemas.errors import UsageError
-from tests.conftest import ROOT, file_size_limit, folkrnn, folkrnn_env
+from tests.conftest import ROOT, folkrnn, folkrnn_env
 from tests.test_importer import original_metadata, py2_pickle
 from tests.test_train import synthetic_tunes, tune_set, write_text
 
@@ -416,7 +416,7 @@ def test_import_onto_a_full_disk_is_one_line_and_the_device_stays(v2_pickle, ful
 
 def test_import_beyond_the_file_size_limit_names_the_checkpoint(v2_pickle, tmp_path):
     out = str(tmp_path / "v2.pt")
-    done = folkrnn("import-folkrnn", v2_pickle, "--out", out, preexec_fn=file_size_limit(4000))
+    done = folkrnn("import-folkrnn", v2_pickle, "--out", out, max_file_size=4000)
     assert done.returncode == 2 and one_line(done.stderr) == f"folkrnn import-folkrnn: error: {out}: File too large"
     assert sorted(os.listdir(tmp_path)) == ["v2.pkl"]  # no temporary file left
 
@@ -435,7 +435,7 @@ def test_train_beyond_the_file_size_limit_names_the_file(tmp_path, limit, victim
     write_text(str(tmp_path / "tunes.txt"), synthetic_tunes(20))
     out = tmp_path / "run"
     done = folkrnn("train", str(tmp_path / "tunes.txt"), "--out", str(out), "--layers", "1", "--units", "8",
-                   "--batch-size", "8", "--max-epochs", "1", "--quiet", preexec_fn=file_size_limit(limit))
+                   "--batch-size", "8", "--max-epochs", "1", "--quiet", max_file_size=limit)
     assert done.returncode == 2 and one_line(done.stderr) == f"folkrnn train: error: {out}/{victim}: File too large"
     left = [os.path.join(d, n) for d, _, names in os.walk(out) for n in names]
     assert not [n for n in left if os.path.basename(n).startswith(".")]  # no temporary file left
