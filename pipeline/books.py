@@ -37,9 +37,9 @@ from folkrnn.schemas.tables import (
     VALIDATED,
     findings_table,
 )
-from folkrnn.transforms.abc.keys import KEEP, printed_key
+from folkrnn.transforms.abc.keys import KEEP
 from folkrnn.transforms.abc.typeset_source import Entry
-from folkrnn.transforms.abc.volume import generated_by_text, plain_text, tune_abc, volume_abc
+from folkrnn.transforms.abc.volume import generated_by_text, plain_text, printed_tune, volume_abc
 from folkrnn.transforms.titles import title_for
 from folkrnn.transforms.tune_types import classify
 from folkrnn.transforms.validator import validate_tokens
@@ -112,13 +112,14 @@ def with_titles_and_abc(table: pa.Table, key: str = KEEP) -> pa.Table:
     titles = [plain_text(t) if t and t != title_for(n, m) else title_for(n, m, k.name if k else None)
               for t, n, m, k in zip(table.column("title").to_pylist(), numbers, meters, kinds)]
     marks = table.select(["valid", "reasons", "problems", "pickup"]).to_pylist()
-    abc = [tune_abc({"number": n, "title": t, "tokens": k, "kind": kind, **mark}, key)
-           for n, t, k, kind, mark in zip(numbers, titles, tokens, kinds, marks)]
+    printed = [printed_tune({"number": n, "title": t, "tokens": k, "kind": kind, **mark}, key)
+               for n, t, k, kind, mark in zip(numbers, titles, tokens, kinds, marks)]
+    abc = [block for block, _ in printed]
     table = table.set_column(table.schema.get_field_index("title"), table.schema.field("title"),
                              pa.array(titles, pa.string()))
     table = table.set_column(table.schema.get_field_index("abc"), table.schema.field("abc"), pa.array(abc, pa.string()))
     table = table.append_column(CORPUS.field("tune_type"), pa.array([k.name if k else None for k in kinds], pa.string()))
-    return table.append_column(CORPUS.field("key"), pa.array([printed_key(k or [], key) for k in tokens], pa.string()))
+    return table.append_column(CORPUS.field("key"), pa.array([name for _, name in printed], pa.string()))
 
 
 def checkpoints_of(table: pa.Table, names: Mapping[str, str]) -> list[dict]:

@@ -79,7 +79,12 @@ def book_tune(block: str, kind: TuneType | None, problems: str | None) -> str:
 
 
 def tune_abc(row: Mapping, key: str = KEEP) -> str:
-    """One tune block: ``X:`` number, ``T:`` title, ``R:`` type, ``M:``, ``L:``, ``Q:`` tempo,
+    """``printed_tune``'s block alone."""
+    return printed_tune(row, key)[0]
+
+
+def printed_tune(row: Mapping, key: str = KEEP) -> tuple[str, str]:
+    """(one tune block, the key it is printed in such as ``Dmaj``). The block: ``X:`` number, ``T:`` title, ``R:`` type, ``M:``, ``L:``, ``Q:`` tempo,
     ``K:``, the problems of a tune the validator failed, the body with a final bar line.
 
     ``row`` needs number, title and tokens; ``valid`` False with ``reasons``, ``problems`` and
@@ -89,9 +94,9 @@ def tune_abc(row: Mapping, key: str = KEEP) -> str:
     """
     tokens = list(row["tokens"] or [])
     kind = row["kind"] if "kind" in row else classify(tokens)
-    printed, _ = in_key(tokens, key)
+    printed, key_name = in_key(tokens, key)
     block = detokenize(printed, number=int(row["number"]), title=plain_text(row["title"] or ""), typeset=True)
-    return book_tune(block, kind, problems_text(row) if row.get("valid") is False else None)
+    return book_tune(block, kind, problems_text(row) if row.get("valid") is False else None), key_name
 
 
 def volume_abc(rows: Sequence[Mapping], volume: int, n_volumes: int, book_title: str,
