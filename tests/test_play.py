@@ -197,6 +197,24 @@ def test_tempo_and_instrument_are_added_and_lines_map_back():
     assert own_tempo.text == "X:7\nT:A Reel\nM:4/4\nL:1/8\nQ:1/2=100\nK:Cmaj\n%%MIDI program 73\ncdec |]\n"
 
 
+def test_a_third_of_a_unit_plays_as_one_note_of_a_triplet(tmp_path):
+    """Tune 9947 of the demo had ``f<e/3``: abc2midi refused the /3 and wrote no file."""
+    import subprocess
+
+    from folkrnn.transforms.abc.playback import playable_tune, thirds_as_tuplets
+
+    assert thirds_as_tuplets("f<e/3 [ce]/3 ^F,/3 z/3 c/32") == "f<(3:2:1e/2 (3:2:1[ce]/2 (3:2:1^F,/2 (3:2:1z/2 c/32"
+
+    def midi(body: str, name: str) -> bytes:
+        (tmp_path / f"{name}.abc").write_text(playable_tune(f"X:1\nT:t\nM:2/4\nL:1/8\nK:Cmaj\n{body}\n").text)
+        done = subprocess.run(["abc2midi", f"{name}.abc", "-o", f"{name}.mid"], cwd=tmp_path, capture_output=True)
+        assert done.returncode == 0, done.stdout
+        return (tmp_path / f"{name}.mid").read_bytes()
+
+    assert midi("c/3d/3e/3 f3 | g/3a/3b/3 c3 |]", "thirds") == midi("(3c/2d/2e/2 f3 | (3g/2a/2b/2 c3 |]", "triplets")
+    assert midi("f<e/3 c/3 c/3 c2 |]", "broken")  # abc2midi plays the pair plainly (it says so) and ends well
+
+
 def test_end_all_notes_releases_every_channel_and_keeps_the_length():
     from folkrnn.transforms.abc.playback import end_all_notes
 

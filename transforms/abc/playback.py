@@ -10,6 +10,10 @@ volume, abc2midi 4.84 carries state from one tune into the next. A chord left op
 random, so no later tune gets a file; a tune cut off inside a tuplet makes the next tune's first
 notes a triplet.
 
+abc2midi also refuses a length that is not a power of two (``e/3``, a third of an eighth: "3 b is
+not a power of 2", then a zero denominator and exit 1, no file). The same length is one note of a
+triplet of sixteenths, ``(3:2:1e/2``, which abc2midi plays; ``playable_tune`` writes it so.
+
 A chord left open also leaves abc2midi's MIDI file with notes that are never released, which a
 sustained instrument holds for ever: fluidsynth then renders without end. ``end_all_notes``
 ends every track with an All Notes Off on each channel.
@@ -17,6 +21,7 @@ ends every track with an All Notes Off on each channel.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -26,6 +31,15 @@ from folkrnn.transforms.abc.volume import tune_start_lines
 # General MIDI program of the melody, counted from 0 as abc2midi's %%MIDI program counts:
 # 110 is "Fiddle" (40 "Violin", 73 "Flute", 78 "Whistle").
 MELODY_PROGRAM = 110
+
+
+# a note, rest or chord of length /3 (not /32 ...): abc2midi cannot read it, a 3:2 tuplet of one note can
+THIRD = re.compile(r"(?P<element>[\^=_]*[A-Ga-gz][,']*|\[[^\[\]]*\])/3(?![0-9])")
+
+
+def thirds_as_tuplets(line: str) -> str:
+    """``e/3`` (a third of the unit) as abc2midi can play it: ``(3:2:1e/2``."""
+    return THIRD.sub(r"(3:2:1\g<element>/2", line)
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,8 @@ def playable_tune(block: str, program: int = MELODY_PROGRAM) -> Playable:
     tempo = None if header_field(lines, "Q") else PLAYBACK_TEMPO.get(header_field(lines, "M") or "")
     before = [f"Q:{tempo}"] if tempo else []
     after = [f"%%MIDI program {program}"]
-    text_lines = lines[:key] + before + [lines[key]] + after + lines[key + 1:]
+    body = [thirds_as_tuplets(line) for line in lines[key + 1:]]
+    text_lines = lines[:key] + before + [lines[key]] + after + body
     inserted = [key + 1 + i for i in range(len(before))] + [key + len(before) + 2 + i for i in range(len(after))]
     return Playable("\n".join(text_lines) + "\n", tuple(inserted))
 
