@@ -246,7 +246,7 @@ def build_volume(job: VolumeJob) -> dict:
     timings: dict[str, float] = {}
     began = start = time.perf_counter()
     table = with_titles_and_abc(job.table, job.key)
-    rows = table.select(["number", "title", "meter", "mode", "valid", "tune_type"]).to_pylist()
+    rows = table.select(["number", "title", "meter", "mode", "valid", "tune_type", "key"]).to_pylist()
     checkpoints = checkpoints_of(table, job.checkpoint_names)
     generated_by = generated_by_text([(c["name"], c["id"]) for c in checkpoints])
     abc_text = volume_abc(rows, job.volume, job.n_volumes, job.book_title, blocks=table.column("abc").to_pylist(),
@@ -258,7 +258,7 @@ def build_volume(job: VolumeJob) -> dict:
     if job.pdf:
         start = time.perf_counter()
         entries = [Entry(r["number"], r["title"], r["meter"] or "", r["mode"] or "", r["valid"] is not False,
-                         r["tune_type"] or "") for r in rows]
+                         r["tune_type"] or "", r["key"] or "") for r in rows]
         typeset = typeset_volume(abc_text, job.stem + ".pdf", volume=job.volume, n_volumes=job.n_volumes,
                                  book_title=job.book_title, entries=entries, generated_by=generated_by)
         timings["pdf"] = time.perf_counter() - start

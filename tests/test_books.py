@@ -144,7 +144,7 @@ def pdf_pages(pdf: str) -> list[str]:
     return out.stdout.split("\f")[:-1] if out.stdout.endswith("\f") else out.stdout.split("\f")
 
 
-CONTENTS_ENTRY = re.compile(r"^\*?\s*(\d+) (.+?)\.*\s(\d+/\d+|-)\s+(maj|min|dor|mix|-)\s+(\d+)$")
+CONTENTS_ENTRY = re.compile(r"^\*?\s*(\d+) (.+?)\.*\s(\d+/\d+|-)\s+([A-G][#b]?(?:maj|min|dor|mix)|-)\s+(\d+)$")
 
 
 def book_title(number: int) -> str:
@@ -154,7 +154,7 @@ def book_title(number: int) -> str:
 
 
 def contents_entries(pages: list[str]) -> dict[int, tuple[str, str, str, int]]:
-    """number -> (title, meter, mode, page) read from the contents pages' text (two columns a line)."""
+    """number -> (title, meter, key, page) read from the contents pages' text (two columns a line)."""
     entries = {}
     for text in pages:
         if "Contents" not in text:
@@ -163,8 +163,8 @@ def contents_entries(pages: list[str]) -> dict[int, tuple[str, str, str, int]]:
             for cell in re.split(r"\s{4,}(?=\*?\s*\d+ \S)", line.strip()):
                 match = CONTENTS_ENTRY.match(cell)
                 if match:
-                    number, title, meter, mode, page = match.groups()
-                    entries[int(number)] = (title.rstrip("."), meter, mode, int(page))
+                    number, title, meter, key, page = match.groups()
+                    entries[int(number)] = (title.rstrip("."), meter, key, int(page))
     return entries
 
 
@@ -298,12 +298,15 @@ def test_contents_page_numbers_are_where_the_tunes_are(big_volume):
     assert len(pages) == report["pages"] > report["front_pages"]
     entries = contents_entries(pages[:report["front_pages"]])
     assert sorted(entries) == list(range(1, 3001))
+    corpus = ds.dataset(str(big_volume["out"] / "corpus"), partitioning="hive").to_table(columns=["number", "key"])
+    printed_in = dict(zip(corpus.column("number").to_pylist(), corpus.column("key").to_pylist()))
     rng = random.Random(6)
     for number in [1, 2, 3, 11, 488, 1500, 2999, 3000] + rng.sample(range(1, 3001), 12):
-        title, meter, mode, page = entries[number]
+        title, meter, key, page = entries[number]
         tokens = tune_tokens(number)[0]
-        assert (meter, mode) == (tokens[0][2:], tokens[1][3:])
-        assert title == book_title(number)[:35]
+        assert (meter, key) == (tokens[0][2:], printed_in[number])  # the key it is printed in
+        assert key.endswith(tokens[1][3:])  # in its own mode
+        assert title == book_title(number)[:33]
         text = pages[page - 1]
         assert re.search(rf"^\s*{number}\. {re.escape(book_title(number))}\s*$", text, re.MULTILINE), \
             f"tune {number} is not on page {page}"

@@ -59,6 +59,7 @@ class Entry:
     mode: str
     valid: bool = True  # False: marked with NOT_WELL_FORMED
     kind: str = ""  # the tune type (folkrnn.transforms.tune_types), "" when it has none
+    key: str = ""  # the key the tune is printed in (``Dmaj``, ``Bbdor``); "": the mode is shown
 
 
 def contents_pages(n_entries: int) -> int:
@@ -72,10 +73,10 @@ def _mark(entry: Entry) -> str:
 def _entry_text(entry: Entry | None, page: int | None) -> str:
     if entry is None:
         return ""
-    title = plain_text(entry.title)[:35]
+    title = plain_text(entry.title)[:33]
     page_text = "?" if page is None else str(page)
-    return (f"{_mark(entry)}{entry.number:>6} {title:.<36} {entry.meter or '-':<4} {entry.mode or '-':<3} "
-            f"{page_text:>4}")
+    key = entry.key or entry.mode or "-"  # as printed: a musician looks up a tune by the key it is in
+    return (f"{_mark(entry)}{entry.number:>6} {title:.<34} {entry.meter or '-':<4} {key:<5} {page_text:>4}")
 
 
 def _two_columns(cells: Sequence[str], rows: int) -> list[str]:
