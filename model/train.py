@@ -84,6 +84,9 @@ class TrainConfig:
     # the data (pipeline/train.py); it is recorded here so a resume cannot change it.
     where: str = ""
     name: str = ""  # the checkpoints' human name ("": one built from the model's sizes)
+    # Datasets of tunes added to the training split (e.g. the model's own --well-formed samples,
+    # pipeline/train.py); recorded so a resume cannot change them.
+    add_tunes: list[str] = field(default_factory=list)
 
     @property
     def gate_clip(self) -> float:

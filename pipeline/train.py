@@ -11,7 +11,27 @@ HELP = "Train the folk-rnn v2 LSTM on tokenized tunes (resumable; checkpoints, m
 
 MODEL_OPTIONS = {"layers": "n_layers", "units": "n_units", "dropout": "dropout"}
 TRAIN_OPTIONS = ("batch_size", "lr", "seed", "checkpoint_every", "valid_fraction", "clip_mode", "clip", "max_epochs",
-                 "max_steps", "device", "precision", "where", "name")
+                 "max_steps", "device", "precision", "where", "name", "add_tunes")
+
+
+def with_added_tunes(data, path: str, only_valid: bool):
+    """``data`` with every tune of the Parquet dataset ``path`` (its ``token_ids``; e.g. a generate
+    run's folder) appended to the training split, in number order."""
+    import pyarrow as pa
+
+    from folkrnn.model.data import TuneSet, tunes_from_table
+    from folkrnn.pipeline.datasets import arrow_dataset, select
+
+    available = arrow_dataset(path).schema.names
+    if "token_ids" not in available:
+        raise UsageError(f"--add-tunes {path} has no token_ids column: give a dataset of tunes (a generate run)")
+    if only_valid and "valid" not in available:
+        raise UsageError(f"--add-tunes {path} has no valid column for --only-valid: run `folkrnn validate {path}` "
+                         "first")
+    table = select(path, columns=["token_ids"] + (["valid"] if only_valid else []))
+    table = table.append_column("split", pa.array(["train"] * table.num_rows, pa.string()))
+    added = tunes_from_table(table, f"{path} (--add-tunes)", only_valid)
+    return TuneSet(train=data.train + added.train, valid=data.valid, source=f"{data.source} + {path}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train only on the ingest's tunes matching this SQL condition on its columns, as "
                              "in folkrnn query, e.g. \"collection IN ('oneills1850','ryansMammoth')\" "
                              "(recorded in the checkpoints; a resume keeps it)")
+    parser.add_argument("--add-tunes", action="append", default=None, metavar="DATASET",
+                        help="also train on every tune of this Parquet dataset (repeatable), e.g. a `folkrnn "
+                             "generate --well-formed` run: all go to the training split, none to valid; with "
+                             "--only-valid, `folkrnn validate` it first (recorded in the checkpoints)")
     parser.add_argument("--name", default=None,
                         help="the checkpoints' human name, shown in generate's manifest and on title pages "
                              "(default: 'folk-rnn v2-style LSTM LAYERSxUNITS')")
@@ -162,7 +186,10 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    data = load_training_tunes(args.data, cfg.where, cfg.valid_fraction, getattr(args, "only_valid", False))
+    only_valid = getattr(args, "only_valid", False)
+    data = load_training_tunes(args.data, cfg.where, cfg.valid_fraction, only_valid)
+    for path in cfg.add_tunes:
+        data = with_added_tunes(data, path, only_valid)
     summary = train(data, args.out, model_config, cfg, resume=resume, progress=not getattr(args, "quiet", False),
                     init=init)
     best = summary["best_valid_loss"]

@@ -149,3 +149,42 @@ def test_empty_name_and_a_folder_as_export_are_refused(folkrnn_main, ingest, tmp
     assert done.returncode == 2 and "--name is empty" in done.stderr
     done = folkrnn_main("train", ingest, "--export", str(tmp_path), "--out", str(tmp_path / "b"), *TINY)
     assert done.returncode == 2 and "--export" in done.stderr and not (tmp_path / "b").exists()
+
+
+# --- --add-tunes: a dataset of tunes added to the training split (the demo model's last stage) --------
+def samples(folder, n: int, with_valid: bool = True) -> str:
+    """A generate-like run folder: generated/part-00000.parquet, tunes 1..n, the last two not valid."""
+    rows = [{"number": k, "token_ids": encode(REEL + ["c"] * k)} | ({"valid": k <= n - 2} if with_valid else {})
+            for k in range(n, 0, -1)]  # written out of order: read in number order
+    os.makedirs(folder / "generated")
+    pq.write_table(pa.Table.from_pylist(rows), folder / "generated" / "part-00000.parquet")
+    return str(folder)
+
+
+def test_add_tunes_joins_the_training_split_and_is_kept_on_resume(folkrnn_main, ingest, tmp_path):
+    added = samples(tmp_path / "samples", 6)
+    out = str(tmp_path / "run")
+    done = folkrnn_main("train", ingest, "--where", "collection = 'reels'", "--add-tunes", added, "--out", out, *TINY)
+    assert done.returncode == 0, done.stderr
+    assert start_line(done.stdout).startswith("train: 16 tunes (") and ", valid: 2 tunes;" in done.stdout
+    payload = read_payload(os.path.join(out, "checkpoints", "last.pt"))
+    assert payload["train_state"]["train_config"]["add_tunes"] == [added]
+    again = folkrnn_main("train", ingest, "--resume", "--out", out, "--max-steps", "3", "--quiet")
+    assert again.returncode == 0 and start_line(again.stdout).startswith("train: 16 tunes (")
+    other = folkrnn_main("train", ingest, "--resume", "--out", out, "--add-tunes", str(tmp_path))
+    assert other.returncode == 2 and "cannot change on --resume: --add-tunes" in other.stderr
+
+    valid_only = folkrnn_main("train", ingest, "--only-valid", "--add-tunes", added, "--out", str(tmp_path / "v"),
+                              *TINY)
+    assert valid_only.returncode == 0, valid_only.stderr
+    assert start_line(valid_only.stdout).startswith("train: 27 tunes (")  # 23 of the ingest + 4 valid samples
+
+
+def test_add_tunes_mistakes_are_one_line(folkrnn_main, ingest, tmp_path):
+    unvalidated = samples(tmp_path / "unvalidated", 3, with_valid=False)
+    done = folkrnn_main("train", ingest, "--only-valid", "--add-tunes", unvalidated, "--out", str(tmp_path / "a"), *TINY)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"folkrnn train: error: --add-tunes {unvalidated} has no valid column for "
+                                   f"--only-valid: run `folkrnn validate {unvalidated}` first")
+    missing = folkrnn_main("train", ingest, "--add-tunes", str(tmp_path / "nothing"), "--out", str(tmp_path / "b"), *TINY)
+    assert missing.returncode == 2 and "no dataset at" in missing.stderr
