@@ -40,6 +40,16 @@ def _local_path(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
+def is_local(path: str) -> bool:
+    """A path of this machine's filesystem (``file://`` included), not of an object store (``gs://``)."""
+    return _is_local(path)
+
+
+def local_path(path: str) -> str:
+    """A local path without its ``file://``, for ``os`` and ``open``."""
+    return _local_path(path)
+
+
 def _filesystems():
     from apache_beam.io.filesystems import FileSystems
 

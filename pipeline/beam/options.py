@@ -25,3 +25,10 @@ def runner_name(options: PipelineOptions) -> str:
     from apache_beam.options.pipeline_options import StandardOptions
 
     return str(options.view_as(StandardOptions).runner or DEFAULT_RUNNER)
+
+
+def is_local_runner(options: PipelineOptions) -> bool:
+    """A runner whose workers share this machine's files (the DirectRunner, the FnApiRunner ...)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return runner_name(options).rsplit(".", 1)[-1] in StandardOptions.LOCAL_RUNNERS
