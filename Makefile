@@ -38,7 +38,7 @@ sysdeps:
 
 # The dataflow extra (apache-beam[gcp]: the DataflowRunner and the GCS filesystem), which
 # tests/test_dataflow.py needs to translate the pipelines for Dataflow. Tests only: `make demo`
-# does without it. Measured on a fresh venv: about 50 s and 340 MB more (83 packages).
+# does without it. Measured on a fresh venv: 50-70 s (70 s with no pip cache) and 340 MB more (83 packages).
 $(BIN)/.dataflow: $(BIN)/.installed
 	$(BIN)/python -m pip install -q $(PIP_EXTRA) -e ".[test,dataflow]" 2> $(VENV)/install.log || (cat $(VENV)/install.log; exit 1)
 	@touch $@

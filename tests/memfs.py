@@ -20,6 +20,8 @@ SCHEME = "memfs"
 
 class MemoryFileSystem(FileSystem):
     objects: dict[str, bytes] = {}  # name -> bytes, shared by every instance (Beam makes many)
+    deleted: list[str] = []  # every name deleted, in order
+    refuse_overwrite = False  # True: rename fails onto an existing name, as on HDFS (gs:// replaces)
 
     @classmethod
     def scheme(cls) -> str:
@@ -28,6 +30,8 @@ class MemoryFileSystem(FileSystem):
     @classmethod
     def clear(cls) -> None:
         cls.objects.clear()
+        cls.deleted.clear()
+        cls.refuse_overwrite = False
 
     def join(self, basepath: str, *paths: str) -> str:
         path = basepath.rstrip("/")
@@ -68,6 +72,9 @@ class MemoryFileSystem(FileSystem):
             self.objects[destination] = self.objects[source]
 
     def rename(self, source_file_names: list[str], destination_file_names: list[str]) -> None:
+        taken = {d: FileExistsError(d) for d in destination_file_names if d in self.objects}
+        if self.refuse_overwrite and taken:
+            raise BeamIOError("rename failed", taken)
         self.copy(source_file_names, destination_file_names)
         self.delete(source_file_names)
 
@@ -92,9 +99,11 @@ class MemoryFileSystem(FileSystem):
             under = [name for name in self.objects if name.startswith(path.rstrip("/") + "/")]
             if path in self.objects:
                 del self.objects[path]
+                self.deleted.append(path)
             elif under:  # a "folder": everything named under it, as GCS deletes a prefix
                 for name in under:
                     del self.objects[name]
+                    self.deleted.append(name)
             else:
                 missing[path] = FileNotFoundError(path)
         if missing:

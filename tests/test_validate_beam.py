@@ -84,6 +84,25 @@ def test_beam_validate_rewrites_the_shards_of_an_object_store(dataset, memfs, fo
     assert f"tunes: {expected['tunes']}   valid: {expected['valid']} " in result.stdout
 
 
+@pytest.mark.parametrize("refuse_overwrite", [False, True], ids=["gs-like", "hdfs-like"])
+def test_each_shard_is_replaced_whole_on_an_object_store(dataset, memfs, folkrnn_main, refuse_overwrite) -> None:
+    upload_folder(dataset, "memfs://bucket/generated")
+    MemoryFileSystem.refuse_overwrite = refuse_overwrite
+
+    result = folkrnn_main("validate", "memfs://bucket/generated", "--runner", "DirectRunner")
+
+    assert result.returncode == 0, result.stderr
+    assert {name.rsplit("/", 1)[1]: data for name, data in memfs.items()} == read_bytes_validated(dataset)
+    shards_deleted = [name for name in MemoryFileSystem.deleted if name.rsplit("/", 1)[1].startswith("part-")]
+    # where a rename replaces (gs://) a shard is never absent; elsewhere it is deleted just before the rename
+    assert len(shards_deleted) == (5 if refuse_overwrite else 0)
+
+
+def read_bytes_validated(dataset: str) -> dict[str, bytes]:
+    validate_dataset(dataset)
+    return read_bytes(dataset)
+
+
 def test_beam_validate_summary_only_writes_nothing(dataset, memfs, folkrnn_main) -> None:
     upload_folder(dataset, "memfs://bucket/generated")
     before = dict(memfs)
