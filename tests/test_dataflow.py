@@ -132,6 +132,32 @@ def test_query_reads_a_hive_partitioned_corpus_on_an_object_store(run_folder, me
     assert remote.stdout == local.stdout and remote.stdout.count("\n") > 5
 
 
+def test_the_arrow_filesystem_over_beam_lists_and_reads_like_a_local_one(memfs, tmp_path) -> None:
+    import pyarrow.fs as pafs
+
+    from folkrnn.pipeline.beam.storage import arrow_filesystem
+
+    local = tmp_path / "corpus"
+    for name, data in (("volume=1/part-0.parquet", b"one"), ("volume=2/part-0.parquet", b"two!"), ("notes", b"")):
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(data)
+    upload_folder(str(local), "memfs://bucket/corpus")
+    remote, here = arrow_filesystem("memfs://bucket/corpus"), pafs.LocalFileSystem()
+
+    def listing(filesystem, base: str, recursive: bool) -> list[tuple[str, str, int | None]]:
+        infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=recursive))
+        return sorted((i.path[len(base):], i.type.name, i.size if i.is_file else None) for i in infos)
+
+    for recursive in (False, True):
+        assert listing(remote, "bucket/corpus", recursive) == listing(here, str(local), recursive)
+    assert remote.get_file_info("bucket/corpus/volume=2").type == pafs.FileType.Directory
+    assert remote.get_file_info("bucket/corpus/nothing").type == pafs.FileType.NotFound
+    with remote.open_input_file("bucket/corpus/volume=2/part-0.parquet") as handle:
+        assert handle.read() == b"two!"
+    with pytest.raises(NotImplementedError):
+        remote.delete_file("bucket/corpus/notes")
+
+
 @pytest.mark.parametrize("path, message", [
     ("memfs://bucket/none", "no dataset at memfs://bucket/none"),
     ("memfs://bucket/notes", "no Parquet files in memfs://bucket/notes"),
