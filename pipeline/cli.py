@@ -156,6 +156,10 @@ def flag_names(parser: argparse.ArgumentParser | None) -> Callable[[str], str]:
 def run_command(name: str, module, args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     """Run one subcommand; whatever goes wrong is one line on stderr."""
     try:
+        if getattr(args, "beam_args", None):
+            from folkrnn.pipeline.beam.options import check_dataflow
+
+            check_dataflow(args.beam_args)  # before the command writes anything
         return int(module.run(args) or 0)
     except UsageError as err:
         print(f"folkrnn {name}: error: {err.render(flag_names(parser))}", file=sys.stderr)

@@ -107,10 +107,11 @@ def load_tunes(path: str):  # -> pa.Table (VALIDATED)
     import pyarrow.dataset as ds
 
     from folkrnn.pipeline.books import missing_columns, validated_table
-    from folkrnn.pipeline.datasets import dataset_files
+    from folkrnn.pipeline.datasets import arrow_files, dataset_files
 
-    files, hive, base = dataset_files(path)  # one-line errors for a missing or empty dataset
-    dataset = ds.dataset(files, format="parquet", partitioning="hive" if hive else None,
+    found, hive, base = dataset_files(path)  # one-line errors for a missing or empty dataset
+    filesystem, paths, base = arrow_files(found, base)  # gs:// (any Beam filesystem) is read through Beam
+    dataset = ds.dataset(paths, filesystem=filesystem, format="parquet", partitioning="hive" if hive else None,
                          partition_base_dir=base if hive else None)
     missing = missing_columns(dataset.schema)
     if missing:
@@ -133,15 +134,16 @@ def checkpoint_names(path: str) -> dict[str, str]:
     one that records no checkpoint: {} (the volumes say the dataset does not record it).
     """
     from folkrnn.pipeline.datasets import dataset_files
+    from folkrnn.schemas import files
 
     base = dataset_files(path)[2]
-    folder = base if os.path.isdir(base) else os.path.dirname(base)
-    for candidate in (os.path.join(folder, "manifest.json"), os.path.join(os.path.dirname(folder), "manifest.json")):
-        if not os.path.isfile(candidate):
+    is_folder = os.path.isdir(base) if files.is_local(base) else not base.endswith(".parquet")
+    folder = base if is_folder else parent_folder(base)
+    for candidate in (files.join(folder, "manifest.json"), files.join(parent_folder(folder), "manifest.json")):
+        if not files.exists(candidate) or (files.is_local(candidate) and not os.path.isfile(candidate)):
             continue
         try:
-            with open(candidate, encoding="utf-8") as handle:
-                manifest = json.load(handle)
+            manifest = json.loads(files.read_bytes(candidate).decode("utf-8"))
         except (OSError, ValueError) as err:
             raise UsageError(f"{candidate} is not a folkrnn generate manifest ({type(err).__name__}: {err}); "
                              "fix or move it, it names the checkpoint on the title pages") from None
@@ -151,6 +153,13 @@ def checkpoint_names(path: str) -> dict[str, str]:
             if isinstance(manifest, dict) else ""
         return {str(checkpoint_id): str(name)} if checkpoint_id and name else {}
     return {}
+
+
+def parent_folder(path: str) -> str:
+    """The folder holding ``path``, locally or on an object store (``gs://b/run/generated`` -> ``gs://b/run``)."""
+    from folkrnn.schemas import files
+
+    return os.path.dirname(path) if files.is_local(path) else path.rstrip("/").rsplit("/", 1)[0]
 
 
 def select_tunes(table, which: str, where: str | None):
@@ -253,6 +262,9 @@ def run_jobs(todo: list, n_workers: int, quiet: bool) -> tuple[dict[int, dict], 
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
+    if "://" in args.out and not args.out.startswith("file://"):
+        raise UsageError(f"--out {args.out}: volumes are typeset where compile runs, so --out is a local folder "
+                         "(copy it to the bucket afterwards, e.g. gcloud storage cp -r OUT gs://BUCKET/...)")
     start = time.perf_counter()
     table = select_tunes(load_tunes(args.dataset), args.tunes, args.where)
     if table.num_rows == 0:

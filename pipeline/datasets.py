@@ -21,13 +21,20 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from folkrnn.schemas import files
 from folkrnn.schemas.errors import UsageError
 
 NESTED = ("generated", "tunes")  # where generate and ingest put their shards
 
 
 def find_shards(dataset: str) -> list[str]:
-    """The dataset's shard paths, sorted; a UsageError says what is wrong with the folder."""
+    """The dataset's shard paths, sorted; a UsageError says what is wrong with the folder.
+
+    ``dataset`` may be on any Beam filesystem (``gs://bucket/run/generated``): see ``_find_remote_shards``.
+    """
+    if not files.is_local(dataset):
+        return _find_remote_shards(dataset)
+    dataset = files.local_path(dataset)
     if not os.path.exists(dataset):
         raise UsageError(f"no such dataset: {dataset} (give a folder of part-*.parquet shards)")
     if not os.path.isdir(dataset):
@@ -42,13 +49,35 @@ def find_shards(dataset: str) -> list[str]:
     return shards
 
 
+def _find_remote_shards(dataset: str) -> list[str]:
+    """``find_shards`` on an object store, where a folder is only a prefix of its files' names."""
+    from folkrnn.pipeline.beam import storage
+
+    base = dataset.rstrip("/")
+    shards = storage.glob(f"{base}/part-*.parquet")
+    if not shards:
+        nested = [found for found in (storage.glob(f"{base}/{d}/part-*.parquet") for d in NESTED) if found]
+        shards = nested[0] if len(nested) == 1 else []
+    if shards:
+        return shards
+    if storage.is_file(base):
+        raise UsageError(f"{dataset} is not a folder (give the folder that holds the part-*.parquet shards)")
+    if not storage.list_tree(base):
+        raise UsageError(f"no such dataset: {dataset} (give a folder of part-*.parquet shards)")
+    raise UsageError(f"{dataset} holds no part-*.parquet shards")
+
+
 def dataset_files(path: str) -> tuple[list[str], bool, str]:
     """(Parquet files, hive-partitioned?, dataset folder) of a dataset; UsageError if there is none.
 
     A folder whose Parquet files all sit in one subfolder (a generate run folder holds
     ``generated/``, a compile output ``corpus/``) stands for that subfolder. Only ``*.parquet``
-    files count: writers' temporary files (``part-0.parquet.tmp``) are not read.
+    files count: writers' temporary files (``part-0.parquet.tmp``, ``.part-0.parquet.x.tmp``) are
+    not read. ``path`` may be on any Beam filesystem (``gs://``): the same rules, on its listing.
     """
+    if not files.is_local(path):
+        return _remote_dataset_files(path)
+    path = files.local_path(path)
     if not os.path.exists(path):
         raise UsageError(f"no dataset at {path}: give a folder of Parquet files (e.g. out/generated) or a .parquet file")
     if os.path.isfile(path):
@@ -59,16 +88,56 @@ def dataset_files(path: str) -> tuple[list[str], bool, str]:
     if flat:
         return flat, False, path
     nested = sorted(glob.glob(os.path.join(glob.escape(path), "**", "*.parquet"), recursive=True))
-    hive = [f for f in nested if all("=" in part for part in os.path.relpath(os.path.dirname(f), path).split(os.sep))]
+    return _nested_dataset(path, [os.path.relpath(f, path).replace(os.sep, "/") for f in nested], os.path.join,
+                           dataset_files)
+
+
+def _remote_dataset_files(path: str) -> tuple[list[str], bool, str]:
+    from folkrnn.pipeline.beam import storage
+
+    path = path.rstrip("/")
+    if storage.is_file(path):
+        if not path.endswith(".parquet"):
+            raise UsageError(f"{path} is not a .parquet file: give a folder of Parquet files or a .parquet file")
+        return [path], False, path
+    listing = storage.list_tree(path)
+    if not listing:
+        raise UsageError(f"no dataset at {path}: give a folder of Parquet files (e.g. gs://bucket/run/generated) "
+                         "or a .parquet file")
+    # as local glob does: names starting with "." (writers' temporary files, staging folders) are not read
+    parquet = [name for name in listing
+               if name.endswith(".parquet") and not any(part.startswith(".") for part in name.split("/"))]
+    flat = [name for name in parquet if "/" not in name]
+    if flat:
+        return [f"{path}/{name}" for name in flat], False, path
+    return _nested_dataset(path, parquet, lambda base, name: f"{base}/{name}", _remote_dataset_files)
+
+
+def _nested_dataset(path: str, nested: list[str], join, recurse) -> tuple[list[str], bool, str]:
+    """A folder without Parquet files of its own: hive partitions, or the one table folder it holds.
+    ``nested``: its Parquet files' paths relative to it, ``/``-separated."""
+    hive = [name for name in nested if all("=" in part for part in name.split("/")[:-1])]
     if hive:
-        return hive, True, path
-    tables = sorted({os.path.relpath(f, path).split(os.sep)[0] for f in nested})
+        return [join(path, name) for name in hive], True, path
+    tables = sorted({name.split("/")[0] for name in nested})
     if len(tables) == 1:
-        return dataset_files(os.path.join(path, tables[0]))
+        return recurse(join(path, tables[0]))
     if tables:
         raise UsageError(f"{path} is not one dataset but holds {', '.join(tables)}: give one of them, "
-                         f"e.g. {os.path.join(path, tables[0])}")
+                         f"e.g. {join(path, tables[0])}")
     raise UsageError(f"no Parquet files in {path}: give a folder written by folkrnn generate, validate or compile")
+
+
+def arrow_files(found: list[str], base: str) -> tuple[Any, list[str], str]:
+    """(pyarrow filesystem, paths, base) to open a dataset's files with pyarrow: the local filesystem
+    with absolute paths, or a Beam filesystem (``gs://``) with its paths as Arrow names them."""
+    import pyarrow.fs
+
+    if files.is_local(base):
+        return pyarrow.fs.LocalFileSystem(), [os.path.abspath(f) for f in found], os.path.abspath(base)
+    from folkrnn.pipeline.beam import storage
+
+    return storage.arrow_filesystem(base), [storage.arrow_path(f) for f in found], storage.arrow_path(base)
 
 
 # Every DuckDB connection folkrnn opens runs a user's --where condition, so it is a sandbox from
@@ -100,15 +169,14 @@ def arrow_dataset(path: str) -> Any:
     columns differ are read by name (missing columns are nulls, types promoted where they can be)."""
     import pyarrow as pa
     import pyarrow.dataset as ds
-    import pyarrow.fs
 
-    files, hive, base = dataset_files(path)
+    found, hive, base = dataset_files(path)
+    filesystem, paths, base = arrow_files(found, base)
     options = ds.FileSystemFactoryOptions(
-        partition_base_dir=os.path.abspath(base) if hive else None,
+        partition_base_dir=base if hive else None,
         partitioning=ds.HivePartitioning.discover() if hive else None)
     try:
-        factory = ds.FileSystemDatasetFactory(pyarrow.fs.LocalFileSystem(), [os.path.abspath(f) for f in files],
-                                              ds.ParquetFileFormat(), options)
+        factory = ds.FileSystemDatasetFactory(filesystem, paths, ds.ParquetFileFormat(), options)
         return factory.finish(factory.inspect(promote_options="permissive", fragments=None))
     except (pa.ArrowException, OSError) as err:
         raise UsageError(f"cannot read {path} as Parquet: {_first_line(err)}") from None

@@ -40,6 +40,16 @@ def _local_path(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
+def is_local(path: str) -> bool:
+    """A path of this machine's filesystem (``file://`` included), not of an object store (``gs://``)."""
+    return _is_local(path)
+
+
+def local_path(path: str) -> str:
+    """A local path without its ``file://``, for ``os`` and ``open``."""
+    return _local_path(path)
+
+
 def _filesystems():
     from apache_beam.io.filesystems import FileSystems
 
@@ -147,9 +157,7 @@ def _atomic_write(path: str, data: bytes | str | Callable[[BinaryIO], None]) -> 
     try:
         with FileSystems.create(temporary) as handle:
             _write_to(handle, data)
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
-        FileSystems.rename([temporary], [path])
+        _replace(FileSystems, temporary, path)
     except BaseException:
         try:
             if FileSystems.exists(temporary):
@@ -157,6 +165,19 @@ def _atomic_write(path: str, data: bytes | str | Callable[[BinaryIO], None]) -> 
         except Exception:  # noqa: BLE001 - the original error is the one to report
             pass
         raise
+
+
+def _replace(FileSystems, temporary: str, path: str) -> None:  # noqa: N803 - Beam's class
+    """Rename ``temporary`` over ``path``. On an object store (gs://) a rename is a copy, which replaces
+    the object whole: a reader sees the old shard or the new one, never none. A filesystem whose
+    rename refuses an existing target (HDFS) gets the old file deleted first."""
+    try:
+        FileSystems.rename([temporary], [path])
+    except Exception:
+        if not FileSystems.exists(path) or not FileSystems.exists(temporary):
+            raise
+        FileSystems.delete([path])
+        FileSystems.rename([temporary], [path])
 
 
 @contextlib.contextmanager
