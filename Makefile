@@ -53,27 +53,35 @@ test: setup $(BIN)/.dataflow
 demo: setup
 	$(BIN)/folkrnn demo --out $(OUT)
 
-# The dance-tune demo model (model/demo.pt), the recipe of model/MODEL.md, about 20 min on one CPU core:
+# The dance-tune demo model (model/demo.pt), the recipe of model/MODEL.md, about 30 min on one CPU core:
 # 1. fine-tune the base model (model/base.pt) on the dance collections' tunes with repeated parts;
-# 2. sample 4,000 tunes from it --well-formed (valid by construction, in its own style);
-# 3. one more epoch on the dance tunes plus those samples: the model learns what the grammar
-#    corrected in its own tunes, and writes valid tunes without the grammar's help too.
+# 2, 3. sample 4,000 tunes from it --well-formed (valid by construction, in its own style), then one
+#    more epoch on the dance tunes plus those samples: the model learns what the grammar corrected in
+#    its own tunes, and writes valid tunes without the grammar's help too;
+# 4, 5. the same again from the model of step 3.
 DANCE_TUNES := collection IN ('oneills1850','ryansMammoth','airdsAirs') AND form LIKE 'AABB%'
 DANCE_NAME  := folkrnn session demo: 3x256 LSTM, dance tunes
 DANCE_RUN   := $(OUT)/demo-model
+# $(call distill,FROM,SAMPLES,SEED,TO): sample FROM's best checkpoint well-formed, train one epoch from it
+define distill
+	$(BIN)/folkrnn generate $(DANCE_RUN)/$(1)/checkpoints/best.pt --num-tunes 4000 --seed $(3) --well-formed \
+	    --quiet --out $(DANCE_RUN)/$(2)
+	$(BIN)/folkrnn validate $(DANCE_RUN)/$(2)
+	$(BIN)/folkrnn train $(OUT)/ingest --init $(DANCE_RUN)/$(1)/checkpoints/best.pt --only-valid \
+	    --where "$(DANCE_TUNES)" --add-tunes $(DANCE_RUN)/$(2) \
+	    --lr 0.001 --dropout 0.3 --max-epochs 1 --seed 42 --threads 1 --quiet \
+	    --name "$(DANCE_NAME)" --out $(DANCE_RUN)/$(4)
+endef
 demo-model: setup
 	test -d $(OUT)/ingest/tunes || $(BIN)/folkrnn ingest --out $(OUT)/ingest
 	rm -rf $(DANCE_RUN)
 	$(BIN)/folkrnn train $(OUT)/ingest --init model/base.pt --only-valid --where "$(DANCE_TUNES)" \
 	    --lr 0.002 --dropout 0.3 --max-epochs 8 --seed 42 --threads 1 --quiet \
 	    --name "$(DANCE_NAME)" --out $(DANCE_RUN)/1-dance
-	$(BIN)/folkrnn generate $(DANCE_RUN)/1-dance/checkpoints/best.pt --num-tunes 4000 --seed 7 --well-formed \
-	    --threads 1 --quiet --out $(DANCE_RUN)/2-samples
-	$(BIN)/folkrnn validate $(DANCE_RUN)/2-samples
-	$(BIN)/folkrnn train $(OUT)/ingest --init $(DANCE_RUN)/1-dance/checkpoints/best.pt --only-valid \
-	    --where "$(DANCE_TUNES)" --add-tunes $(DANCE_RUN)/2-samples \
-	    --lr 0.001 --dropout 0.3 --max-epochs 1 --seed 42 --threads 1 --quiet \
-	    --name "$(DANCE_NAME)" --out $(DANCE_RUN)/3-dance-and-samples --export model/demo.pt
+	$(call distill,1-dance,2-samples,7,3-dance-and-samples)
+	$(call distill,3-dance-and-samples,4-samples,8,5-dance-and-samples)
+	$(BIN)/python -c "from folkrnn.model.checkpoint import export_checkpoint as e; \
+	    e('$(DANCE_RUN)/5-dance-and-samples/checkpoints/best.pt', 'model/demo.pt')"
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
