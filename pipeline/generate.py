@@ -344,18 +344,14 @@ def set_threads(threads: int) -> None:
 
 
 def local_workers(args: argparse.Namespace, todo: list) -> int:
-    """--workers (never more than there are chunks of tunes to hand out), or by default one per
-    usable core (one on a GPU) and at most one per --batch-size tunes still to make: a worker
-    costs a process start (a second or more importing torch), worth it for a batch of work."""
-    import math
-
+    """--workers (never more than there are chunks of tunes to hand out), or the default."""
     from folkrnn.model.devices import resolve_device
     from folkrnn.pipeline.generate_workers import chunks_of, default_workers
 
     if args.workers:
         return max(1, min(args.workers, len(chunks_of(todo))))
     tunes = sum(last - first + 1 for _, first, last in todo)
-    return max(1, min(default_workers(resolve_device(args.device).type), math.ceil(tunes / args.batch_size)))
+    return default_workers(resolve_device(args.device).type, tunes)
 
 
 def run_locally(args: argparse.Namespace, settings, todo: list, done_tunes: int, model) -> None:

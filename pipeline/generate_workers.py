@@ -30,6 +30,9 @@ from contextlib import contextmanager
 
 from folkrnn.schemas.errors import UsageError, setting
 
+# A worker costs a process start (2-3 s importing torch); at v2 size that is about the time one
+# core takes for 100 tunes, so a default worker gets at least this many.
+WORKER_TUNES = 256
 CHUNK = 16  # tune numbers handed out at once: small enough that the workers end together
 POLL_SECONDS = 0.5  # how often the parent looks at its workers while no tune arrives
 STOP_SECONDS = 5.0  # a stopped worker has this long to end before it is killed
@@ -43,9 +46,12 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers(device_type: str) -> int:
-    """One worker per usable core on the CPU; one on a GPU (its kernels already use the device)."""
-    return 1 if device_type != "cpu" else usable_cores()
+def default_workers(device_type: str, tunes: int) -> int:
+    """One worker per usable core on the CPU, but at most one per WORKER_TUNES tunes to make; one on
+    a GPU (its kernels already use the whole device)."""
+    if device_type != "cpu":
+        return 1
+    return max(1, min(usable_cores(), tunes // WORKER_TUNES))
 
 
 def worker_threads(threads: int, one_per_core: bool) -> int:
