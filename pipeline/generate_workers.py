@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
-import queue
 import signal
 import sys
 import traceback
@@ -34,7 +33,6 @@ from folkrnn.schemas.errors import UsageError, setting
 # core takes for 100 tunes, so a default worker gets at least this many.
 WORKER_TUNES = 256
 CHUNK = 16  # tune numbers handed out at once: small enough that the workers end together
-POLL_SECONDS = 0.5  # how often the parent looks at its workers while no tune arrives
 STOP_SECONDS = 5.0  # a stopped worker has this long to end before it is killed
 
 
@@ -78,48 +76,85 @@ def run_workers(model, settings, out: str, todo: list[tuple[int, int, int]], *, 
 
     ``model`` is the checked model (sent to the workers as weights, so the run uses the
     checkpoint as it was read, whatever happens to the file); ``threads`` torch threads each;
-    ``progress(n)`` is called as tunes arrive."""
-    from folkrnn.model.generate import shard_path, write_shard
+    ``progress(n)`` is called as tunes arrive. Each worker has its own pipe: a worker killed in
+    the middle of a message leaves a cut message only in its own pipe, which then reads as its
+    end (a queue shared by all would hang every reader and writer on it).
+    """
+    from multiprocessing.connection import wait
 
     context = multiprocessing.get_context("spawn")
     next_chunk = context.Value("q", 0)
-    results = context.Queue()
     weights = model_bytes(model)
-    procs = [context.Process(target=worker_main, name=f"folkrnn-generate-{k + 1}", daemon=True,
-                             args=(k + 1, os.getpid(), weights, settings, todo, batch_size, threads, device,
-                                   next_chunk, results))
-             for k in range(workers)]
-    shard_of = {index: (first, last) for index, first, last in todo}
-    rows: dict[int, list[dict]] = {}
-    finished = 0
+    shards = ShardCollector(settings, out, todo, progress)
+    running: dict[object, tuple[int, object]] = {}  # reading end -> (worker number, process)
+    procs = []
     try:
-        for proc in procs:
+        for number in range(1, workers + 1):
+            reader, writer = context.Pipe(duplex=False)
+            proc = context.Process(target=worker_main, name=f"folkrnn-generate-{number}", daemon=True,
+                                   args=(number, os.getpid(), weights, settings, todo, batch_size, threads,
+                                         device, next_chunk, writer))
+            procs.append(proc)
             proc.start()
-        while finished < workers:
-            try:
-                message = results.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                check_alive(procs, results)
-                continue
-            kind, *body = message
-            if kind == "error":
-                raise_worker_error(*body)
-            if kind == "done":
-                finished += 1
-                continue
-            (row,) = body
-            index = (row["number"] - 1) // settings.shard_size
-            rows.setdefault(index, []).append(row)
-            if progress is not None:
-                progress(1)
-            first, last = shard_of[index]
-            if len(rows[index]) == last - first + 1:
-                write_shard(shard_path(out, index), rows.pop(index))
-        if rows:  # every number was handed out once, so this is a bug
-            raise RuntimeError(f"the generate workers ended with shards {sorted(rows)} unfinished")
+            writer.close()  # the worker holds the only writing end: its death is the pipe's end
+            running[reader] = (number, proc)
+        while running:
+            for reader in wait(list(running)):
+                number, proc = running[reader]
+                if read_messages(reader, number, proc, shards):
+                    del running[reader]
+                    reader.close()
+        shards.check_complete()
     finally:
         stop(procs)
-        results.close()
+        for reader in running:
+            reader.close()
+
+
+class ShardCollector:
+    """Rows in, shards out: a shard is written (atomically) when its last tune arrives."""
+
+    def __init__(self, settings, out: str, todo: list[tuple[int, int, int]], progress):
+        self.settings, self.out, self.progress = settings, out, progress
+        self.size = {index: last - first + 1 for index, first, last in todo}
+        self.rows: dict[int, list[dict]] = {}
+
+    def add(self, row: dict) -> None:
+        from folkrnn.model.generate import shard_path, write_shard
+
+        index = (row["number"] - 1) // self.settings.shard_size
+        rows = self.rows.setdefault(index, [])
+        rows.append(row)
+        if self.progress is not None:
+            self.progress(1)
+        if len(rows) == self.size[index]:
+            write_shard(shard_path(self.out, index), self.rows.pop(index))
+
+    def check_complete(self) -> None:
+        if self.rows:  # every number is handed out once, so this is a bug
+            raise RuntimeError(f"the generate workers ended with shards {sorted(self.rows)} unfinished")
+
+
+def read_messages(reader, number: int, proc, shards: ShardCollector) -> bool:
+    """Handle what worker ``number`` sent; True once it is done. Its error is raised here; a pipe
+    that ends without "done" (the worker was killed) is a WorkerDied."""
+    while reader.poll():
+        try:
+            kind, *body = reader.recv()
+        except (EOFError, OSError):
+            break
+        if kind == "row":
+            shards.add(body[0])
+        elif kind == "error":
+            error, trace = body
+            error.__cause__ = RemoteTraceback(f"in generate worker {number}:\n{trace}")
+            raise error
+        else:
+            return True
+    else:
+        return False
+    proc.join(STOP_SECONDS)  # its pipe ended with it: how did it end?
+    raise WorkerDied(number, proc.exitcode)
 
 
 def model_bytes(model) -> bytes:
@@ -140,31 +175,6 @@ def model_from_bytes(data: bytes):
     model = FolkRNN(ModelConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state"])
     return model.eval()
-
-
-def check_alive(procs: list, results) -> None:
-    """A worker that ended without a word (killed by a signal, the OOM killer ...) ends the run."""
-    for number, proc in enumerate(procs, 1):
-        code = proc.exitcode
-        if code is None or code == 0:
-            continue
-        try:  # its last words may still be on the way
-            while True:
-                kind, *body = results.get(timeout=POLL_SECONDS)
-                if kind == "error":
-                    raise_worker_error(*body)
-        except queue.Empty:
-            pass
-        how = f"was killed by signal {-code}" if code < 0 else f"ended with exit code {code}"
-        hint = (f" (out of memory? try a smaller {setting('batch_size')} or fewer {setting('workers')})"
-                if code == -signal.SIGKILL else "")
-        raise WorkerDied(f"worker {number} {how}{hint}; the finished shards are kept: run the same command "
-                         "again to resume")
-
-
-def raise_worker_error(number: int, error: BaseException, trace: str) -> None:
-    error.__cause__ = RemoteTraceback(f"in generate worker {number}:\n{trace}")
-    raise error
 
 
 def stop(procs: list) -> None:
@@ -191,11 +201,12 @@ def worker_main(number: int, parent: int, weights: bytes, settings, todo: list, 
     try:
         sample_chunks(weights, settings, todo, batch_size, threads, device, next_chunk, results)
     except BaseException as err:  # noqa: BLE001 - every failure goes to the parent, which reports it
-        results.put(("error", number, portable(err), traceback.format_exc()))
-        results.close()
-        results.join_thread()
+        try:
+            results.send(("error", portable(err), traceback.format_exc()))
+        except OSError:  # the parent is gone
+            pass
         sys.exit(1)
-    results.put(("done",))
+    results.send(("done",))
 
 
 def sample_chunks(weights: bytes, settings, todo: list, batch_size: int, threads: int, device: str,
@@ -221,11 +232,18 @@ def sample_chunks(weights: bytes, settings, todo: list, batch_size: int, threads
 
     with memory_for_batch(batch_size, settings.max_tokens):
         for tune in sampler.sample(numbers(), batch_size=batch_size, **settings.sample_kwargs()):
-            results.put(("row", tune_row(tune, settings)))
+            results.send(("row", tune_row(tune, settings)))
 
 
 class WorkerDied(UsageError):
     """A worker process ended without reporting an error (killed, out of memory ...)."""
+
+    def __init__(self, number: int, exit_code: int | None):
+        how = (f"was killed by signal {-exit_code}" if exit_code is not None and exit_code < 0
+               else f"ended (exit code {exit_code})" if exit_code is not None else "stopped answering")
+        super().__init__(f"worker {number} {how} before its tunes were done (out of memory? try a smaller "
+                         f"{setting('batch_size')} or fewer {setting('workers')}); the finished shards are kept: "
+                         "run the same command again to resume")
 
 
 def portable(err: BaseException) -> BaseException:

@@ -138,15 +138,19 @@ def test_a_worker_error_is_one_line_and_stops_the_other_workers(checkpoint, tmp_
 
 @pytest.mark.skipif(not ON_LINUX, reason="/proc is Linux's")
 def test_a_killed_worker_ends_the_run_in_one_line(checkpoint, tmp_path):
+    """Killed while the other worker is sending tunes (the run would take minutes to finish)."""
     out = str(tmp_path / "run")
-    run = start_folkrnn("generate", checkpoint, "--out", out, "--num-tunes", "200000", "--batch-size", "16",
-                        "--workers", "2", "--quiet", start_new_session=True)
+    folder = os.path.join(out, "generated")
+    run = start_folkrnn("generate", checkpoint, "--out", out, "--num-tunes", "200000", "--shard-size", "50",
+                        "--batch-size", "16", "--workers", "2", "--quiet", start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while len(workers := [pid for pid, p in tree_of(run.pid, out).items() if "spawn_main" in p["cmdline"]]) < 2:
-            assert run.poll() is None, f"generate ended before its workers started: {run.communicate()}"
-            assert time.monotonic() < deadline, "no two workers within 120 s"
+        while not (os.path.isdir(folder) and any(n.startswith("part-") for n in os.listdir(folder))):
+            assert run.poll() is None, f"generate ended before its first shard: {run.communicate()}"
+            assert time.monotonic() < deadline, "no shard within 120 s"
             time.sleep(0.02)
+        workers = [pid for pid, p in tree_of(run.pid, out).items() if "spawn_main" in p["cmdline"]]
+        assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         _, stderr = run.communicate(timeout=60)
         left = wait_gone(run.pid, out)
@@ -156,8 +160,8 @@ def test_a_killed_worker_ends_the_run_in_one_line(checkpoint, tmp_path):
     assert run.returncode == 2
     line = stderr.strip()
     assert "\n" not in line and line.startswith("folkrnn generate: error: worker "), stderr
-    assert "was killed by signal 9 (out of memory? try a smaller --batch-size or fewer --workers); the finished " \
-           "shards are kept: run the same command again to resume" in line
+    assert "was killed by signal 9 before its tunes were done (out of memory? try a smaller --batch-size or fewer " \
+           "--workers); the finished shards are kept: run the same command again to resume" in line
 
 
 @pytest.mark.parametrize("flags, message", [
