@@ -25,7 +25,7 @@ import time
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.bench_sample import matmul_peak, steady_state, v2_model
+from benchmarks.bench_sample import steady_state, v2_model
 from folkrnn.model.generate import load_model
 from folkrnn.model.sample import Sampler
 from folkrnn.pipeline.generate_workers import model_bytes, model_from_bytes, usable_cores
@@ -38,11 +38,17 @@ BATCH = 1024
 
 
 # --- measured in spawned processes, started together ---------------------------------------------
-def _matmul(threads: int, barrier, results) -> None:
+def _matmul(threads: int, barrier, results, size: int = 2048, repeats: int = 20) -> None:
+    """As bench_sample.matmul_peak, timed on the clock all processes share."""
     torch.set_num_threads(threads)
-    matmul_peak(torch.float32, repeats=2)  # warm up
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
     barrier.wait()
-    results.put(matmul_peak(torch.float32))
+    start = time.monotonic()
+    for _ in range(repeats):
+        a @ b
+    results.put((2 * size**3 * repeats, start, time.monotonic()))
 
 
 def _steady(threads: int, weights: bytes, steps: int, barrier, results) -> None:
@@ -74,19 +80,23 @@ def side_by_side(target, processes: int, *args) -> list:
     return found
 
 
+def overall_rate(found: list[tuple[float, float, float]]) -> float:
+    """(work, start, end) of processes side by side -> all their work over the time from the first
+    start to the last end (a process that ran while another waited does not count twice)."""
+    return sum(w for w, _, _ in found) / (max(end for _, _, end in found) - min(start for _, start, _ in found))
+
+
 def peak(cores: int) -> tuple[float, float]:
     """GFLOP/s of (one process x ``cores`` threads, ``cores`` 1-thread processes side by side)."""
-    one = side_by_side(_matmul, 1, cores)[0]
-    many = sum(side_by_side(_matmul, cores, 1))
+    one = overall_rate(side_by_side(_matmul, 1, cores)) / 1e9
+    many = overall_rate(side_by_side(_matmul, cores, 1)) / 1e9
     return one, many
 
 
 def steady(weights: bytes, processes: int, threads: int, steps: int) -> float:
     """Tokens/s of ``processes`` samplers of ``threads`` threads each, side by side: all their tokens
     over the time from the first start to the last end."""
-    found = side_by_side(_steady, processes, threads, weights, steps)
-    tokens = sum(t for t, _, _ in found)
-    return tokens / (max(end for _, _, end in found) - min(start for _, start, _ in found))
+    return overall_rate(side_by_side(_steady, processes, threads, weights, steps))
 
 
 def demo_never_ending():
