@@ -172,3 +172,45 @@ def test_workers_mistakes_are_one_line(checkpoint, tmp_path, flags, message, fol
     result = folkrnn_main("generate", checkpoint, "--out", str(tmp_path / "x"), "--num-tunes", "2", *flags)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# --- training's default threads (issue 17 part 2) ---------------------------------------------------------
+STAT = """cpu  300 0 100 1000 0 0 0 0 0 0
+cpu0 100 0 50 500 0 0 0 0 0 0
+cpu1 200 0 50 500 0 0 0 0 0 0
+intr 12345
+"""
+
+
+def test_cores_in_use_from_proc_stat_and_the_threads_left():
+    from folkrnn.model.devices import cores_in_use, cpu_times, threads_beside
+
+    before = cpu_times(STAT)
+    assert before == {0: (150, 650), 1: (250, 750)}
+    # over the next 100 ticks a core: cpu0 busy 90 of them, cpu1 10 (steal counts as busy)
+    after = cpu_times(STAT.replace("cpu0 100 0 50 500", "cpu0 190 0 50 510").replace(
+        "cpu1 200 0 50 500 0 0 0 0", "cpu1 200 0 50 590 0 0 0 10"))
+    assert cores_in_use(before, after, [0, 1]) == pytest.approx(1.0)
+    assert cores_in_use(before, after, [1]) == pytest.approx(0.1)
+    assert [threads_beside(others, 2) for others in (0.0, 0.3, 0.6, 1.0, 2.0)] == [2, 2, 1, 1, 1]
+    assert threads_beside(1.2, 8) == 7 and threads_beside(0.0, 1) == 1
+
+
+@pytest.mark.skipif(not ON_LINUX, reason="/proc/stat is Linux's")
+def test_a_busy_process_beside_training_leaves_it_fewer_threads():
+    from folkrnn.model.devices import default_threads, usable_cpus
+
+    cpus = usable_cpus()
+    if len(cpus) < 2:
+        pytest.skip("one usable core: one thread whatever the load")
+    busy = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpus[0]}}})\nwhile 1: pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while int(open(f"/proc/{busy.pid}/stat").read().rsplit(")", 1)[1].split()[11]) < 10:  # utime: it spins
+            assert time.monotonic() < deadline, "the busy process never ran"
+            time.sleep(0.05)
+        threads, others = default_threads(seconds=0.5)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert others >= 0.5 and threads <= len(cpus) - 1
