@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--workers", type=int, default=None,
                         help="local runs: sampling processes, each with its own batch (default: one per usable "
-                             "core on the CPU, 1 on a GPU); the tunes are the same for any number")
+                             "core, at most one per 256 tunes; 1 on a GPU); the tunes are the same for any number")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per worker (default 0: 1 with several workers or on Beam, else "
                              "torch's choice); torch's threads stall when another process takes a core")
