@@ -158,6 +158,13 @@ class State:
         """Start these rows on a new tune."""
         self.data[:, rows] = 0
 
+    def select(self, rows: torch.Tensor) -> State:
+        """A new state of only these rows, in this order (the sampler shrinks its batch with it)."""
+        data = self.data.index_select(1, rows)
+        state = State(*data.unbind(0))
+        state.data = data
+        return state
+
     def view(self) -> State:
         """A State sharing this one's tensors: fields are then replaced, never written in place."""
         return State(*[getattr(self, f.name) for f in fields(self)])

@@ -12,7 +12,10 @@ Tune ``n`` of a run with seed ``s`` depends only on (weights, s, n, temperature,
 
 Continuous batching: when a row emits ``</s>`` or reaches ``max_tokens`` its slot takes the next
 tune number at once, so the batch stays full. The step loop does no per-tune Python work: slots
-are refilled with tensor indexing, and only finished tunes leave the device.
+are refilled with tensor indexing, and only finished tunes leave the device. Once the numbers run
+out, the batch shrinks to its live rows whenever half of it is idle: the last tunes of a run (the
+longest of the last batch, up to ``max_tokens`` steps) then cost what they compute, not a full
+batch a step.
 """
 
 from __future__ import annotations
@@ -187,8 +190,23 @@ class Sampler:
             return len(new_numbers)
 
         active = refill(arange)
+        exhausted = active < rows
         inv_temperature = 1.0 / temperature
         while active:
+            if exhausted and active <= rows // 2 and rows > MIN_ROWS:
+                # the numbers ran out and half the batch idles: keep the live rows (a row's
+                # arithmetic does not depend on its batch mates, so no tune changes)
+                keep = torch.argsort((slot_number < 0).to(torch.int8), stable=True)[: max(active, MIN_ROWS)]
+                rows = len(keep)
+                hidden, tokens_in = hidden[keep], tokens_in[keep]
+                cells = [c[keep] for c in cells]
+                slot_number, slot_step, output = slot_number[keep], slot_step[keep], output[keep]
+                gates = torch.empty(rows, 4 * n, device=dev, dtype=dtype)
+                tanh_c = torch.empty(rows, n, device=dev, dtype=torch.float32)
+                logits = torch.empty(rows, self.out_t.shape[1], device=dev, dtype=dtype)
+                arange = torch.arange(rows, device=dev)
+                if grammar is not None:
+                    state, log_mass = state.select(keep), log_mass[keep]
             # -- one step of the network for every slot --
             torch.index_select(self.input_table, 0, tokens_in, out=gates)
             gates.addmm_(hidden[:, :n], self.weights_t[0])
@@ -245,7 +263,9 @@ class Sampler:
                                                                     finished_rows, masses):
                     yield SampledTune(number, row[:length], was_truncated, mass)
                 active -= len(numbers_done)
-                active += refill(slots)
+                given = refill(slots)
+                active += given
+                exhausted |= given < len(slots)
 
     def _cell(self, gates: torch.Tensor, c: torch.Tensor, tanh_c: torch.Tensor, h_out: torch.Tensor) -> None:
         """LSTM cell update in place (gate order i, f, g, o; g pre-scaled); writes h into ``h_out``."""

@@ -25,9 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-tunes", type=int, default=30000, help="tunes to generate (default 30000)")
     parser.add_argument("--per-volume", type=int, default=3000, help="tunes per volume (default 3000)")
     parser.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="generation processes (default: one per usable core, each with one torch thread)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads for generation (default 0: torch's choice, all cores); 1 when other "
-                             "jobs share the CPU")
+                        help="torch threads per generation process (default 0: 1 with several workers, else "
+                             "torch's choice)")
     parser.add_argument("--plain", action="store_true",
                         help="sample as the model writes, without --well-formed (as the original folk-rnn books: "
                              "about a fifth of the tunes then fail the validator)")
@@ -80,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads < 0:
         raise UsageError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if not os.path.exists(args.checkpoint):
         raise UsageError(f"no model at {args.checkpoint}; train one with `folkrnn train` and pass --checkpoint")
     quiet = ["--quiet"] if args.quiet else []
@@ -111,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                                  f"{paths['generated']}")
     run_command("generate", [args.checkpoint, "--out", paths["generated"], "--num-tunes", str(args.num_tunes),
                              "--seed", str(args.seed), "--threads", str(args.threads),
+                             *(["--workers", str(args.workers)] if args.workers else []),
                              *([] if args.plain else ["--well-formed"]), *quiet])
     timings.append(("generate", time.perf_counter() - start))
 

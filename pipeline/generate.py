@@ -45,14 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass (0: off)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="arithmetic (default fp32)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local runs: sampling processes, each with its own batch (default: one per usable "
+                             "core, at most one per 256 tunes; 1 on a GPU); the tunes are the same for any number")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (default 0: torch's choice, all cores). Use 1 when other jobs share "
-                             "the CPU: torch's threads stall when another process takes a core")
+                        help="torch threads per worker (default 0: 1 with several workers or on Beam, else "
+                             "torch's choice); torch's threads stall when another process takes a core")
     parser.add_argument("--numbers", help="only these tunes, printed as ABC: e.g. 488 or 1-3,488")
     parser.add_argument("--overwrite", action="store_true", help="replace a run folder made with other settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.epilog = ("Without --runner the run is local (continuous batching in this process). With --runner "
-                     "(e.g. DataflowRunner, and any Beam flag) tune-number ranges become Beam elements.")
+    parser.epilog = ("Without --runner the run is local: --workers processes, each sampling one continuously "
+                     "refilled batch. With --runner (e.g. DataflowRunner, and any Beam flag) tune-number ranges "
+                     "become Beam elements.")
 
 
 MAX_NUMBERS = 100_000  # --numbers prints ABC to the terminal; a whole run belongs in a run folder
@@ -196,6 +200,11 @@ def check(args: argparse.Namespace) -> None:
         raise UsageError(f"--temperature must be between 0.01 and 10, got {args.temperature}")
     if args.threads < 0:
         raise UsageError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers is not None and has_flag(args.beam_args, "--runner"):
+        raise UsageError("--workers is for local runs; on Beam the runner's own flags choose the workers "
+                         "(e.g. --num_workers on Dataflow, --direct_num_workers on the DirectRunner)")
     for name in ("num_tunes", "batch_size", "shard_size", "max_tokens"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -251,10 +260,6 @@ def run(args: argparse.Namespace) -> int:
     if args.well_formed:
         check_prime_for_grammar(args, prime)
     numbers = parse_numbers(args.numbers) if args.numbers else None
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     from folkrnn.model.checkpoint import checkpoint_id
     from folkrnn.model.generate import RunSettings, load_named_model
 
@@ -275,6 +280,7 @@ def print_numbers(args: argparse.Namespace, settings, numbers: list[int], model)
     from folkrnn.model.generate import load_sampler, tune_row
     from folkrnn.model.sample import sample_in_order
 
+    set_threads(args.threads)
     sampler = load_sampler(args.checkpoint, args.dtype, args.device, model)
     tunes = sample_in_order(sampler, numbers, batch_size=min(args.batch_size, len(numbers)),
                             **settings.sample_kwargs())
@@ -329,16 +335,45 @@ def generate_run(args: argparse.Namespace, settings, model, checkpoint_name: str
     return 0
 
 
+def set_threads(threads: int) -> None:
+    """torch's intra-op threads in this process (0: leave torch's choice, a thread per core)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def local_workers(args: argparse.Namespace, todo: list) -> int:
+    """--workers (never more than there are chunks of tunes to hand out), or the default."""
+    from folkrnn.model.devices import resolve_device
+    from folkrnn.pipeline.generate_workers import chunks_of, default_workers
+
+    if args.workers:
+        return max(1, min(args.workers, len(chunks_of(todo))))
+    tunes = sum(last - first + 1 for _, first, last in todo)
+    return default_workers(resolve_device(args.device).type, tunes)
+
+
 def run_locally(args: argparse.Namespace, settings, todo: list, done_tunes: int, model) -> None:
+    """One process (--workers 1: this one, with --threads) or several, each with one thread by default."""
     from tqdm import tqdm
 
     from folkrnn.model.generate import generate_shards, load_sampler
+    from folkrnn.pipeline.generate_workers import memory_for_batch, run_workers, worker_threads
 
-    sampler = load_sampler(args.checkpoint, args.dtype, args.device, model)
+    workers = local_workers(args, todo)
     with tqdm(total=settings.num_tunes, initial=done_tunes, unit=" tunes", desc="generate",
               disable=args.quiet, smoothing=0.05) as progress:
-        for _ in generate_shards(sampler, settings, args.out, todo, args.batch_size, progress):
-            pass
+        if workers > 1:
+            run_workers(model, settings, args.out, todo, workers=workers, batch_size=args.batch_size,
+                        threads=worker_threads(args.threads, True), device=args.device,
+                        progress=progress.update)
+            return
+        set_threads(args.threads)
+        sampler = load_sampler(args.checkpoint, args.dtype, args.device, model)
+        with memory_for_batch(args.batch_size, settings.max_tokens):
+            for _ in generate_shards(sampler, settings, args.out, todo, args.batch_size, progress):
+                pass
 
 
 def run_on_beam(args: argparse.Namespace, settings, todo: list) -> None:

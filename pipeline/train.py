@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from folkrnn.schemas.errors import UsageError
 
@@ -73,8 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default=None,
                      help="fp32 (default); tf32 matmuls on CUDA; bf16 autocast")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: all cores); 1 is faster on a machine busy with "
-                             "other work, where waiting for a descheduled thread stalls every small op")
+                        help="CPU threads for torch (default: one per usable core, less those other processes "
+                             "keep busy, at least 1: the cores are watched for 0.3 s at the start; torch's threads "
+                             "stall waiting for each other whenever one waits for a core)")
     parser.add_argument("--only-valid", action="store_true",
                         help="train only on tunes the validator passed (ingest Parquet's valid column)")
     parser.add_argument("--where", default=None,
@@ -182,10 +184,7 @@ def run(args: argparse.Namespace) -> int:
             setattr(model_config, field, getattr(args, option))
     model_config.check()  # e.g. --layers 8 --units 4096 is over the parameter limit: say so before loading data
 
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(getattr(args, "threads", None), getattr(args, "device", None))
     only_valid = getattr(args, "only_valid", False)
     data = load_training_tunes(args.data, cfg.where, cfg.valid_fraction, only_valid)
     for path in cfg.add_tunes:
@@ -205,6 +204,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"exported {'checkpoints/best.pt' if summary['best'] else 'checkpoints/last.pt'} to {args.export} "
               "(sampling only)")
     return 0
+
+
+def set_threads(threads: int | None, device: str | None) -> None:
+    """--threads, or on the CPU a thread per usable core while those cores are idle, fewer (down to
+    1) for the cores other processes keep busy: torch's threads stall whenever one of them waits
+    for a core (see model/devices.py ``threads_beside``)."""
+    import torch
+
+    from folkrnn.model.devices import default_threads, resolve_device, usable_cpus
+
+    if threads:
+        torch.set_num_threads(threads)
+        return
+    if resolve_device(device or "auto").type != "cpu":
+        return
+    chosen, others = default_threads()
+    torch.set_num_threads(chosen)
+    cores = len(usable_cpus())
+    if chosen < cores:
+        print(f"train: other processes keep {others:.1f} of the {cores} usable cores busy, so torch trains with "
+              f"{chosen} thread{'s' if chosen != 1 else ''} (more would stall waiting for each other); --threads N "
+              "to choose", file=sys.stderr)
 
 
 def _shown(value: object) -> str:

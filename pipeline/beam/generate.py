@@ -26,10 +26,16 @@ class _GenerateShard(beam.DoFn):
         self.shards = Metrics.counter("generate", "shards")
 
     def setup(self) -> None:
-        if self.threads:  # one worker process per core wants one thread each
-            import torch
+        import torch
 
-            torch.set_num_threads(self.threads)
+        from folkrnn.model.devices import resolve_device
+        from folkrnn.pipeline.generate_workers import worker_threads
+
+        # Runners start an SDK process per core (Dataflow: one per vCPU), so on CPUs each samples
+        # with one thread, as local workers do; torch's threads would fight over the cores.
+        threads = worker_threads(self.threads, resolve_device(self.device).type == "cpu")
+        if threads:
+            torch.set_num_threads(threads)
         self.sampler = load_sampler(self.checkpoint, self.settings.dtype, self.device)
         logging.info("generate: sampler on %s", self.sampler.device)
 
