@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import re
 import shlex
 import threading
@@ -101,8 +102,9 @@ def parse_request(query: Mapping[str, str]) -> Request:
     if len(prime) > MAX_PRIME:
         raise UsageError(f"the prime is {len(prime)} characters long; at most {MAX_PRIME}")
     # a form sent without the box ticked means "not well-formed"; the first visit has it ticked
-    well_formed = query.get("well_formed", "") == "on" if "compose" in query else True
-    form = query.get("form", "").strip().upper() if well_formed else ""
+    form = query.get("form", "").strip().upper()
+    # as generate's --form, a form implies well-formed
+    well_formed = bool(form) or (query.get("well_formed", "") == "on" if "compose" in query else True)
     bars = (query.get("bars_per_part", "").strip() or "8") if form else "8"
     if len(form) > 26 or len(bars) > 100:
         raise UsageError("the form or the bars per part are too long")
@@ -179,4 +181,6 @@ class Composer:
 
     def command_line(self, request: Request) -> str:
         """The ``folkrnn generate`` command that prints this tune."""
-        return shlex.join(["folkrnn", "generate", self.checkpoint, *request.generate_flags()])
+        shown = os.path.relpath(self.checkpoint)  # model/demo.pt, as a user in the repository types it
+        shown = self.checkpoint if shown.startswith("..") else shown
+        return shlex.join(["folkrnn", "generate", shown, *request.generate_flags()])
