@@ -209,7 +209,7 @@ def findings_block(findings: Any) -> str:
              ("standard form", "yes (AABB, 8 + 8 bars)" if findings.standard_form else "no"),
              ("ends on the tonic", "yes" if findings.ends_on_tonic else "no")]
     if findings.pickup:
-        items.append(("pickup", f"{findings.pickup:g} eighths"))
+        items.append(("pickup", f"{findings.pickup:g} eighth{'' if findings.pickup == 1 else 's'}"))
     sections = ", ".join(f"{s['label']}: {s['bars']} bars{' repeated' if s['repeats'] else ''}"
                          f"{' with endings' if s['has_endings'] else ''}" for s in findings.sections)
     if sections:
