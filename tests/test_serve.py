@@ -347,6 +347,7 @@ def test_compose_form_first_visit_has_a_seed_and_well_formed_ticked(server):
     ("prime=M%3A5%2F4%20K%3ACmaj%20G", "cannot read prime as tokens or ABC"),
     ("prime=%5E%5E%5Ec2%20%7C", "cannot read prime as tokens or ABC: an accidental without a note"),
     ("meter=6/8&prime=%7CGABc%7Cdefg%7C", "prime bar 1 (d e f g) is 4 eighths long, but a bar of M:6/8 is 6"),
+    ("prime=" + "C%20" * 999, "the prime is 1001 tokens long; a tune is cut at 1000 tokens"),
     ("temperature=hot", "temperature must be a number"),
     ("temperature=nan", "temperature must be between 0.01 and 10"),
     ("temperature=0", "temperature must be between 0.01 and 10"),

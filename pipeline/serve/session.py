@@ -169,11 +169,17 @@ class Composer:
                 check_prime_for_grammar(args, prime)
         except UsageError as err:
             raise UsageError(web_message(str(err))) from None
+        if len(prime) >= MAX_TOKENS:  # the sampler's own limit (generate would stop on it with a ValueError)
+            raise UsageError(f"the prime is {len(prime)} tokens long; a tune is cut at {MAX_TOKENS} tokens, so "
+                             f"give at most {MAX_TOKENS - 1}")
         settings = RunSettings(checkpoint_id=self.checkpoint_id, num_tunes=request.number, seed=request.seed,
                                temperature=request.temperature, prime=tuple(prime), max_tokens=MAX_TOKENS,
                                well_formed=request.well_formed, form=args.form,
                                bars_per_part=args.bars if args.form else ())
-        tune = sample_in_order(self.sampler, [request.number], batch_size=1, **settings.sample_kwargs())[0]
+        try:
+            tune = sample_in_order(self.sampler, [request.number], batch_size=1, **settings.sample_kwargs())[0]
+        except ValueError as err:  # what the sampler refuses is the request's, never a crash of the page
+            raise UsageError(web_message(str(err))) from None
         row = tune_row(tune, settings)
         notes = [web_message(line.removeprefix("folkrnn generate: ")) for line in said.getvalue().splitlines()
                  if line.strip()]
