@@ -1,4 +1,4 @@
-# Two commands: `make demo` and `make test`. Each sets everything up first.
+# Two commands: `make demo` and `make test` (and `make serve` to browse what the demo made). Each sets everything up first.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -6,11 +6,12 @@ OUT    ?= out
 # torch==2.13.0: here a CPU wheel is cached and pip finds it. Elsewhere, to avoid gigabytes of CUDA:
 #   make test PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
 PIP_EXTRA ?=
-DEB_PACKAGES := abcm2ps abcmidi ghostscript poppler-utils fluidsynth fluid-soundfont-gm
-DEB_COMMANDS := abcm2ps abc2midi gs pdftotext fluidsynth
+# chromium: the headless browser of tests/test_serve_browser.py (folkrnn serve's pages)
+DEB_PACKAGES := abcm2ps abcmidi ghostscript poppler-utils fluidsynth fluid-soundfont-gm chromium
+DEB_COMMANDS := abcm2ps abc2midi gs pdftotext fluidsynth chromium
 DEB_FILES    := /usr/share/sounds/sf2/FluidR3_GM.sf2
 
-.PHONY: setup sysdeps test demo demo-model bench lint clean
+.PHONY: setup sysdeps test demo serve demo-model bench lint clean
 
 setup: $(BIN)/.installed sysdeps
 
@@ -52,6 +53,10 @@ test: setup $(BIN)/.dataflow
 
 demo: setup
 	$(BIN)/folkrnn demo --out $(OUT)
+
+# The local web page over what `make demo` made: http://127.0.0.1:8000/
+serve: setup
+	$(BIN)/folkrnn serve $(OUT)/compiled/corpus $(OUT)/generated
 
 # The dance-tune demo model (model/demo.pt), the recipe of model/MODEL.md, about 30 min on one CPU core:
 # 1. fine-tune the base model (model/base.pt) on the dance collections' tunes with repeated parts;

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "query": "folkrnn.pipeline.query",
     "stats": "folkrnn.pipeline.stats",
     "analyze": "folkrnn.pipeline.analyze",
+    "serve": "folkrnn.pipeline.serve",
     "demo": "folkrnn.pipeline.demo",
 }
 

@@ -170,3 +170,10 @@ def print_closing(paths: dict, summary_path: str, timings: list[tuple[str, float
     print(f"  .venv/bin/folkrnn query {corpus} --where \"standard_form AND ends_on_tonic\" "
           "--columns number,title,form --limit 5")
     print(f"  .venv/bin/folkrnn play {corpus} --numbers 488          # -> tune-488.ogg, to listen to")
+    print("\nLook and listen (a local web page: browse, notation, audio, compose):")
+    print(f"  {serve_command(corpus, paths['generated'])}")
+
+
+def serve_command(corpus: str, generated: str) -> str:
+    """The ``folkrnn serve`` command that opens the demo's books and generated tunes in a browser."""
+    return f".venv/bin/folkrnn serve {corpus} {generated}   # then open http://127.0.0.1:8000/"
