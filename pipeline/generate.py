@@ -257,6 +257,9 @@ def check_prime_for_grammar(args: argparse.Namespace, prime: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     check(args)
     prime = build_prime(args.meter, args.mode, args.prime)
+    if len(prime) >= args.max_tokens:  # the sampler's own limit: the model must write at least one token
+        raise UsageError(f"the prime is {len(prime)} tokens and --max-tokens {args.max_tokens} leaves the model "
+                         "nothing to write: shorten the prime or raise --max-tokens")
     if args.well_formed:
         check_prime_for_grammar(args, prime)
     numbers = parse_numbers(args.numbers) if args.numbers else None

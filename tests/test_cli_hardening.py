@@ -150,6 +150,13 @@ def test_ambiguous_prime_asks_for_the_meter():
     assert build_prime("6/8", None, "|:GAB cde|")[:1] == ["M:6/8"]
 
 
+def test_prime_as_long_as_the_length_limit_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "generate", DEMO, "--prime", "M:4/4 K:Cmaj " + "C " * 8, "--max-tokens", "10",
+                       "--numbers", "1")
+    assert code == 2 and one_line(err).endswith("the prime is 10 tokens and --max-tokens 10 leaves the model "
+                                                "nothing to write: shorten the prime or raise --max-tokens")
+
+
 def test_prime_of_tokens_and_pickups_are_untouched():
     assert build_prime(None, None, "M:6/8 K:Cmaj |: G") == ["M:6/8", "K:Cmaj", "|:", "G"]
     assert build_prime("6/8", "maj", None) == ["M:6/8", "K:Cmaj"]
