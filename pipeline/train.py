@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from folkrnn.schemas.errors import UsageError
 
@@ -225,7 +224,7 @@ def set_threads(threads: int | None, device: str | None) -> None:
     if chosen < cores:
         print(f"train: other processes keep {others:.1f} of the {cores} usable cores busy, so torch trains with "
               f"{chosen} thread{'s' if chosen != 1 else ''} (more would stall waiting for each other); --threads N "
-              "to choose", file=sys.stderr)
+              "to choose")  # information, like the start line: stderr is for errors
 
 
 def _shown(value: object) -> str:
