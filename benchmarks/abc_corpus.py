@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from functools import lru_cache
 
+from folkrnn.pipeline.ingest import byte_size
 from folkrnn.transforms.abc.split import split_abc
 from folkrnn.transforms.records import decode_text
 
@@ -158,16 +159,8 @@ def write_corpus(path: str, size: int) -> int:
     return tunes - 1
 
 
-def parse_size(text: str) -> int:
-    """``"1G"``, ``"20M"``, ``"512K"`` or a number of bytes."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMG]?)B?", text.strip().upper())
-    if not match:
-        raise ValueError(f"not a size: {text!r} (e.g. 20M, 1G)")
-    return int(float(match.group(1)) * 1024 ** " KMG".index(match.group(2) or " "))
-
-
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit("usage: python -m benchmarks.abc_corpus OUT.abc SIZE  (e.g. 20M, 1G)")
-    count = write_corpus(sys.argv[1], parse_size(sys.argv[2]))
+    count = write_corpus(sys.argv[1], byte_size(sys.argv[2]))
     print(f"{sys.argv[1]}: {count} tunes, {os.path.getsize(sys.argv[1])} bytes")

@@ -52,7 +52,7 @@ from folkrnn.transforms.sources import (
     records_of_rows,
 )
 
-SPLIT_SIZE = 32 * 2**20  # bytes a range covers (at least; it ends at the next record start)
+SPLIT_SIZE = 8 * 2**20  # bytes a range covers (at least; it ends at the next record start)
 PIECE_SIZE = 2**20  # bytes decoded and split at a time
 HEAD_SIZE = 64 * 2**10  # bytes read to decide what kind of file it is
 
