@@ -50,7 +50,8 @@ def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_f
         plan, cache_dir=cache_dir or os.path.join(out, "http-cache"), delay=delay, per_host=per_host,
         timeout=timeout, follow_offsite=follow_offsite, split_size=split_size)
     processed = read["tunes"] | "Ingest" >> IngestTunes(valid_fraction, progress)
-    rejects = (read[REJECTS], processed[REJECTS]) | "AllRejects" >> beam.Flatten()
+    # Big PCollections are never flattened: the local runners would hold a Flatten's rows in memory.
+    rejects = (read[REJECTS], processed[REJECTS])
 
     duplicates = processed[DUPLICATES] | f"Write_{DUPLICATES}" >> WriteTable(
         out, DUPLICATES, INGEST_TABLES[DUPLICATES], num_shards)
@@ -61,23 +62,16 @@ def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_f
 
     # Counting what came in separately from what went out makes "nothing lost" checkable. Events
     # are counted in the step they arise in: only the counts travel on.
-    read_events = [
-        read["tunes"] | "ReadEvents" >> beam.Map(lambda t: ("read", t.collection)),
-        read[REJECTS] | "ReadRejectEvents" >> beam.Map(lambda r: ("read", r["collection"])),
-        read["tunes"] | "FolkRnnTextEvents" >> beam.FlatMap(
-            lambda t: [("folkrnn_text", t.source)] if t.meta.get("detected") else []),
-        rejects | f"Events_{REJECTS}" >> beam.Map(outcome_events(REJECTS)),
-    ]
-    kept_events = [
-        processed["kept"] | "Events_tunes" >> beam.Map(outcome_events("tunes")),
-        processed[DUPLICATES] | f"Events_{DUPLICATES}" >> beam.Map(outcome_events(DUPLICATES)),
-    ]
-    counted = [
-        read_events | "ReadStepEvents" >> beam.Flatten() | "CountReadStep" >> beam.combiners.Count.PerElement(),
-        kept_events | "KeepStepEvents" >> beam.Flatten() | "CountKeepStep" >> beam.combiners.Count.PerElement(),
-        read["repeated"] | "RepeatedEvents" >> beam.Map(lambda path: ("repeated", path))
-        | "CountRepeated" >> beam.combiners.Count.PerElement(),
-    ]
+    events = {
+        "Read": read["tunes"] | "ReadEvents" >> beam.FlatMap(read_events),
+        "ReadRejects": read[REJECTS] | "ReadRejectEvents" >> beam.FlatMap(
+            lambda r: [("read", r["collection"]), outcome_events(REJECTS)(r)]),
+        "Rejects": processed[REJECTS] | "RejectEvents" >> beam.Map(outcome_events(REJECTS)),
+        "Kept": processed["kept"] | "KeptEvents" >> beam.Map(outcome_events("tunes")),
+        "Duplicates": processed[DUPLICATES] | "DuplicateEvents" >> beam.Map(outcome_events(DUPLICATES)),
+        "Repeated": read["repeated"] | "RepeatedEvents" >> beam.Map(lambda path: ("repeated", path)),
+    }
+    counted = [pcoll | f"Count{name}" >> beam.combiners.Count.PerElement() for name, pcoll in events.items()]
     summary_path = files.join(out, "summary.json")
     (
         counted
@@ -85,6 +79,11 @@ def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_f
         | "Summarize" >> beam.CombineGlobally(SummaryFn())
         | "WriteSummary" >> beam.Map(lambda s: files.write_json(summary_path, s))
     )
+
+
+def read_events(tune) -> list[tuple]:
+    """A record read, and whether it came from a file recognised as folk-rnn text."""
+    return [("read", tune.collection)] + ([("folkrnn_text", tune.source)] if tune.meta.get("detected") else [])
 
 
 def run_ingest(args: argparse.Namespace) -> dict:

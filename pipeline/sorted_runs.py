@@ -17,18 +17,18 @@ import uuid
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from folkrnn.schemas import files
 from folkrnn.transforms.ingest import shard_of
 
-RUN_BYTES = 64 * 2**20  # Arrow bytes gathered before they are sorted and written as runs
+RUN_BYTES = 32 * 2**20  # Arrow bytes gathered before they are sorted and written as runs
 BATCH_ROWS = 256  # rows made into one record batch at a time (in runs, and read back so: a merge holds one of each run)
-ROW_GROUP_ROWS = 16384  # rows merged, then written as one Parquet row group, at a time
+ROW_GROUP_ROWS = 8192  # rows merged, then written as one Parquet row group, at a time (larger: more memory)
 RUN_SUFFIX = ".arrow"
 
 Run = tuple[int, str]  # (shard, path of the run file)
-
 
 def _create(path: str):
     if "://" not in path:
@@ -80,19 +80,21 @@ class RunWriter:
             if self.pending[shard]:
                 self._to_arrow(shard)
             if self.batches[shard]:
-                table = pa.Table.from_batches(self.batches[shard], schema=self.schema).sort_by("id")
+                table = pa.Table.from_batches(self.batches[shard], schema=self.schema)
                 self.batches[shard] = []
                 runs.append((shard, self._write_run(table)))
         self.nbytes = 0
         return runs
 
     def _write_run(self, table: pa.Table) -> str:
+        """The rows sorted by id, a batch at a time (no sorted copy of them all)."""
         path = files.join(self.directory, uuid.uuid4().hex + RUN_SUFFIX)
         options = pa.ipc.IpcWriteOptions(compression="lz4")
+        order = pc.sort_indices(table, sort_keys=[("id", "ascending")])
         try:
             with _create(path) as handle, pa.ipc.new_file(handle, self.schema, options=options) as writer:
-                for batch in table.to_batches(max_chunksize=BATCH_ROWS):
-                    writer.write_batch(batch)
+                for start in range(0, len(order), BATCH_ROWS):
+                    writer.write_table(table.take(order.slice(start, BATCH_ROWS)))
         except OSError as err:  # a full disk says nothing of the file: name it
             if err.filename == path:
                 raise

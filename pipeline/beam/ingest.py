@@ -205,13 +205,16 @@ class MergeRuns(beam.PTransform):
 
 
 class WriteTable(beam.PTransform):
-    """Rows (dicts) -> ``DIR/NAME/part-SSSSS-of-NNNNN.parquet`` files with the given schema.
+    """Rows (dicts; a PCollection or a tuple of them) -> ``DIR/NAME/part-SSSSS-of-NNNNN.parquet``
+    files with the given schema.
 
     Rows are spread over shards by a hash of their id and sorted by id inside each shard, so the
     same rows give the same files on any runner; every shard is written, empty or not, and each
     file appears only once complete. Any number of rows in bounded memory: they pass through
-    sorted runs in ``DIR/.runs/NAME`` (``RemoveScratch`` removes them at the end). Outputs
-    {"written": the paths written, "runs": the runs}; ``exclude``: runs whose ids are left out.
+    sorted runs in ``DIR/.runs/NAME`` (``RemoveScratch`` removes them at the end), written in the
+    step that makes the rows (rows from several steps are not flattened first: the local runners
+    would hold them all in memory on the way). Outputs {"written": the paths written, "runs": the
+    runs}; ``exclude``: runs whose ids are left out.
     """
 
     def __init__(self, directory: str, name: str, schema: pa.Schema, num_shards: int = 1, exclude=None):
@@ -220,8 +223,10 @@ class WriteTable(beam.PTransform):
         self.exclude = exclude
 
     def expand(self, rows):
-        runs = rows | "Runs" >> WriteRuns(files.join(self.directory, SCRATCH, self.name), self.schema,
-                                          self.num_shards)
+        scratch = files.join(self.directory, SCRATCH, self.name)
+        parts = rows if isinstance(rows, (tuple, list)) else (rows,)
+        runs = [part | f"Runs{i}" >> WriteRuns(scratch, self.schema, self.num_shards) for i, part in enumerate(parts)]
+        runs = runs | "AllRuns" >> beam.Flatten()
         written = runs | "Merge" >> MergeRuns(self.directory, self.name, self.schema, self.num_shards,
                                               exclude=self.exclude)
         return {"written": written, "runs": runs}
