@@ -46,9 +46,9 @@ from folkrnn.transforms.records import RawTune, looks_binary, reject_row
 from folkrnn.transforms.sources import (
     CSV_FIELD_LIMIT,
     ParsedRow,
-    _parse_json,
     folkrnn_records,
     no_tunes_reject,
+    parse_json_row,
     records_of_rows,
 )
 
@@ -383,7 +383,7 @@ def _json_lines(task: ByteRange, read_at: ReadAt) -> Iterator[ParsedRow]:
                 sub = sub.lstrip()
             if position == task.total - 1:
                 sub = sub.rstrip()
-            yield _parse_json(position, sub)
+            yield parse_json_row(position, sub)
             position += 1
 
 

@@ -130,16 +130,16 @@ def _json_rows(text: str) -> list[ParsedRow] | None:
     stripped = text.strip()
     if not stripped.startswith("["):
         lines = [line for line in stripped.splitlines() if line.strip()]
-        return [_parse_json(position, line) for position, line in enumerate(lines)]
+        return [parse_json_row(position, line) for position, line in enumerate(lines)]
     try:
         rows = json.loads(stripped)
     except (ValueError, RecursionError):
         pieces = split_json_array(stripped)
-        return None if pieces is None else [_parse_json(position, piece) for position, piece in enumerate(pieces)]
+        return None if pieces is None else [parse_json_row(position, piece) for position, piece in enumerate(pieces)]
     return [(position, row, "", "") for position, row in enumerate(rows)]
 
 
-def _parse_json(position: int, piece: str) -> ParsedRow:
+def parse_json_row(position: int, piece: str) -> ParsedRow:
     try:
         return position, json.loads(piece), "", piece
     except (ValueError, RecursionError) as err:

@@ -233,10 +233,13 @@ class WriteTable(beam.PTransform):
 
 
 def remove_folder(path: str) -> None:
+    """Remove a folder and what it holds (on an object store: every object under it)."""
     if "://" not in path:
         shutil.rmtree(path, ignore_errors=True)
-    elif FileSystems.exists(path):
-        FileSystems.delete([path])
+        return
+    found = [m.path for m in FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list]
+    if found:
+        FileSystems.delete(found)
 
 
 class RemoveScratch(beam.PTransform):
