@@ -2,7 +2,7 @@
 music21 (O'Neill's 1850 and Ryan's Mammoth): ``python -m benchmarks.abc_corpus OUT.abc 1G``.
 
 Tune ``i`` is base tune ``i % N`` (N base tunes), varied by ``v = i // N``: a few notes moved a step
-(so its tokens differ from every other variant), the whole tune moved 0-2 letters up or down with
+(so its tokens differ from the other variants'), the whole tune moved 0-2 letters up or down with
 its key (a transposition, which the ingest undoes), a new ``X:`` number and a title that says which
 variant it is. About 1 in 20 tunes repeats an earlier one under a new number and title (a
 duplicate: same tokens), about 1 in 30 is broken in one of four ways (a reject). The file starts
@@ -76,12 +76,14 @@ def _move(match: re.Match, steps: int) -> str:
 
 
 def _varied_body(body: tuple[str, ...], variant: int, steps: int) -> list[str]:
-    """The body moved ``steps`` letters, with 1-3 notes (chosen by ``variant``) moved one more."""
+    """The body moved ``steps`` letters, with the notes at the digits of ``variant`` (written in
+    base "number of notes") moved one step more: each variant of a tune has other tokens."""
     notes = [(i, m.start()) for i, line in enumerate(body) for m in _NOTE_OR_SKIP.finditer(line) if m.group(2)]
     nudged = set()
-    if variant and notes:
-        for k in range(1 + variant % 3):
-            nudged.add(notes[(variant * 2654435761 + k * 40503) % len(notes)])
+    rest = variant
+    while rest and notes:
+        rest, digit = divmod(rest, len(notes))
+        nudged.add(notes[digit])
     out = []
     for i, line in enumerate(body):
         out.append(_NOTE_OR_SKIP.sub(

@@ -37,25 +37,24 @@ def corpus(size: str, work: str) -> str:
     return path
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            tree.setdefault(parent, []).append(int(entry))
-    return tree
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux keeps them per thread)."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(child) for child in handle.read().split()]
+    except OSError:
+        pass
+    return found
 
 
 def tree_rss_mb(root: int) -> float:
     """Resident memory of a process and all its descendants, in MB (shared pages counted in each)."""
-    tree, todo, total = _children(), [root], 0
+    todo, total = [root], 0
     while todo:
         pid = todo.pop()
-        todo += tree.get(pid, [])
+        todo += _children(pid)
         try:
             with open(f"/proc/{pid}/status") as handle:
                 total += next((int(line.split()[1]) for line in handle if line.startswith("VmRSS:")), 0)

@@ -55,7 +55,8 @@ class _Tokenize(beam.DoFn):
 
 # Duplicates are told apart by content hash. Grouping one small key per tune would still leave
 # millions of groups, which the local runners hold as Python objects; so keys go to a fixed number
-# of buckets (by hash), packed a few thousand at a time, and each bucket is sorted out on its own.
+# of buckets (by hash), each worker sends them on packed (pickled lists, about 43 bytes a key), and
+# each bucket is sorted out on its own.
 DEDUP_BUCKETS = 1024
 DEDUP_PACK = 20_000  # keys gathered by one worker before they are sent on, packed per bucket
 
