@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 
 from folkrnn.pipeline.ingest import byte_size
+from folkrnn.schemas.files import atomic_write
 from folkrnn.transforms.abc.split import split_abc
 from folkrnn.transforms.records import decode_text
 
@@ -152,13 +153,18 @@ def generate(size: int) -> Iterator[str]:
 
 
 def write_corpus(path: str, size: int) -> int:
-    """Write the collection of ``size`` bytes (or just over) to ``path``; returns the tunes written."""
-    tunes = 0
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+    """Write the collection of ``size`` bytes (or just over) to ``path``, atomically; returns the
+    tunes written."""
+    tunes = -1  # the file header is the first piece
+
+    def write(handle) -> None:
+        nonlocal tunes
         for piece in generate(size):
-            handle.write(piece)
+            handle.write(piece.encode("utf-8"))
             tunes += 1
-    return tunes - 1
+
+    atomic_write(path, write)
+    return tunes
 
 
 if __name__ == "__main__":

@@ -32,8 +32,7 @@ def corpus(size: str, work: str) -> str:
     folder = os.environ.get("FOLKRNN_BENCH_CACHE", work)
     path = os.path.join(folder, f"folkrnn-bench-corpus-{size}.abc")
     if not os.path.exists(path):
-        write_corpus(path + ".part", byte_size(size))
-        os.replace(path + ".part", path)
+        write_corpus(path, byte_size(size))
     return path
 
 
