@@ -10,8 +10,9 @@ import sys
 
 from folkrnn.schemas.files import atomic_write
 
-BENCHMARKS = ["benchmarks.bench_ingest", "benchmarks.bench_validate", "benchmarks.bench_train",
-              "benchmarks.bench_sample", "benchmarks.bench_well_formed", "benchmarks.bench_workers", "benchmarks.bench_compile", "benchmarks.bench_analyze"]
+BENCHMARKS = ["benchmarks.bench_ingest", "benchmarks.bench_ingest_scale", "benchmarks.bench_validate",
+              "benchmarks.bench_train", "benchmarks.bench_sample", "benchmarks.bench_well_formed",
+              "benchmarks.bench_workers", "benchmarks.bench_compile", "benchmarks.bench_analyze"]
 RESULTS = os.path.join(os.path.dirname(__file__), "RESULTS.md")
 
 

@@ -6,9 +6,11 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 from folkrnn.schemas.errors import UsageError
+from folkrnn.transforms.byte_ranges import SPLIT_SIZE
 
 HELP = "Scrape, clean, transpose to C and tokenize ABC collections into Parquet (a Beam pipeline)"
 ACCEPTS_BEAM_FLAGS = True
@@ -37,9 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="follow redirects to another host or port (default: such a URL is a reject)")
     parser.add_argument("--write-folkrnn-text", action="store_true",
                         help="also write the kept tunes as OUT/tunes.folkrnn.txt (the folk-rnn layout)")
+    parser.add_argument("--split-size", type=byte_size, default=SPLIT_SIZE, metavar="BYTES",
+                        help="a file larger than this is read in ranges of about this size by several workers "
+                             "at once, with the same result (default 8M; 0: every file whole). A JSON array "
+                             "or a compressed file is always read whole")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.epilog = ("Any Beam flag passes through, e.g. --runner DataflowRunner --project P --region R "
                      "--temp_location gs://B/tmp --setup_file ./setup.py")
+
+
+def byte_size(text: str) -> int:
+    """``"32M"``, ``"1G"``, ``"512K"`` or a number of bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMG]?)B?", text.strip().upper())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 32M, 1G, 0)")
+    return int(float(match.group(1)) * 1024 ** " KMG".index(match.group(2) or " "))
 
 
 def check_arguments(args: argparse.Namespace) -> None:

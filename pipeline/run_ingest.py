@@ -25,13 +25,14 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from folkrnn.pipeline.beam.ingest import IngestTunes, SummaryFn, WriteTable
+from folkrnn.pipeline.beam.ingest import IngestTunes, RemoveScratch, SummaryFn, WriteTable
 from folkrnn.pipeline.beam.options import pipeline_options
 from folkrnn.pipeline.beam.progress import LocalProgress
 from folkrnn.pipeline.beam.sources import IngestPlan, ReadSources, plan_sources
 from folkrnn.schemas import files
 from folkrnn.schemas.files import atomic_write, folder_lock
 from folkrnn.schemas.tables import INGEST_TABLES
+from folkrnn.transforms.byte_ranges import SPLIT_SIZE
 from folkrnn.transforms.ingest import DUPLICATES, REJECTS, outcome_events
 
 __all__ = ["IngestPlan", "build_ingest", "plan_sources", "run_ingest"]
@@ -40,33 +41,49 @@ __all__ = ["IngestPlan", "build_ingest", "plan_sources", "run_ingest"]
 def build_ingest(pipeline: beam.Pipeline, plan: IngestPlan, out: str, *, valid_fraction: float = 0.05,
                  num_shards: int = 1, cache_dir: str | None = None, delay: float = 1.0,
                  per_host: int = 1, timeout: float = 30.0, follow_offsite: bool = False,
-                 progress: LocalProgress | None = None) -> None:
-    """Add the whole ingest to ``pipeline``: read, process, write the tables and summary.json."""
+                 progress: LocalProgress | None = None, split_size: int = SPLIT_SIZE) -> None:
+    """Add the whole ingest to ``pipeline``: read, process, write the tables and summary.json.
+
+    Files larger than ``split_size`` bytes are read in ranges by several workers (0: each whole).
+    """
     read = pipeline | "ReadSources" >> ReadSources(
         plan, cache_dir=cache_dir or os.path.join(out, "http-cache"), delay=delay, per_host=per_host,
-        timeout=timeout, follow_offsite=follow_offsite)
+        timeout=timeout, follow_offsite=follow_offsite, split_size=split_size)
     processed = read["tunes"] | "Ingest" >> IngestTunes(valid_fraction, progress)
-    rejects = (read[REJECTS], processed[REJECTS]) | "AllRejects" >> beam.Flatten()
+    # Big PCollections are never flattened: the local runners would hold a Flatten's rows in memory.
+    rejects = (read[REJECTS], processed[REJECTS])
 
-    tables = {"tunes": processed["tunes"], DUPLICATES: processed[DUPLICATES], REJECTS: rejects}
-    for name, rows in tables.items():
-        rows | f"Write_{name}" >> WriteTable(out, name, INGEST_TABLES[name], num_shards)
+    duplicates = processed[DUPLICATES] | f"Write_{DUPLICATES}" >> WriteTable(
+        out, DUPLICATES, INGEST_TABLES[DUPLICATES], num_shards)
+    tunes = processed["tunes"] | "Write_tunes" >> WriteTable(
+        out, "tunes", INGEST_TABLES["tunes"], num_shards, exclude=duplicates["runs"])
+    rejected = rejects | f"Write_{REJECTS}" >> WriteTable(out, REJECTS, INGEST_TABLES[REJECTS], num_shards)
+    _ = [t["written"] for t in (tunes, duplicates, rejected)] | "AllWritten" >> beam.Flatten() | RemoveScratch(out)
 
-    # Counting what came in separately from what went out makes "nothing lost" checkable.
-    events = [
-        read["tunes"] | "ReadEvents" >> beam.Map(lambda t: ("read", t.collection)),
-        read[REJECTS] | "ReadRejectEvents" >> beam.Map(lambda r: ("read", r["collection"])),
-        read["repeated"] | "RepeatedEvents" >> beam.Map(lambda path: ("repeated", path)),
-        read["tunes"] | "FolkRnnTextEvents" >> beam.FlatMap(
-            lambda t: [("folkrnn_text", t.source)] if t.meta.get("detected") else []),
-    ] + [rows | f"Events_{name}" >> beam.Map(outcome_events(name)) for name, rows in tables.items()]
+    # Counting what came in separately from what went out makes "nothing lost" checkable. Events
+    # are counted in the step they arise in: only the counts travel on.
+    events = {
+        "Read": read["tunes"] | "ReadEvents" >> beam.FlatMap(read_events),
+        "ReadRejects": read[REJECTS] | "ReadRejectEvents" >> beam.FlatMap(
+            lambda r: [("read", r["collection"]), outcome_events(REJECTS)(r)]),
+        "Rejects": processed[REJECTS] | "RejectEvents" >> beam.Map(outcome_events(REJECTS)),
+        "Kept": processed["kept"] | "KeptEvents" >> beam.Map(outcome_events("tunes")),
+        "Duplicates": processed[DUPLICATES] | "DuplicateEvents" >> beam.Map(outcome_events(DUPLICATES)),
+        "Repeated": read["repeated"] | "RepeatedEvents" >> beam.Map(lambda path: ("repeated", path)),
+    }
+    counted = [pcoll | f"Count{name}" >> beam.combiners.Count.PerElement() for name, pcoll in events.items()]
     summary_path = files.join(out, "summary.json")
     (
-        events
-        | "AllEvents" >> beam.Flatten()
+        counted
+        | "AllCounts" >> beam.Flatten()
         | "Summarize" >> beam.CombineGlobally(SummaryFn())
         | "WriteSummary" >> beam.Map(lambda s: files.write_json(summary_path, s))
     )
+
+
+def read_events(tune) -> list[tuple]:
+    """A record read, and whether it came from a file recognised as folk-rnn text."""
+    return [("read", tune.collection)] + ([("folkrnn_text", tune.source)] if tune.meta.get("detected") else [])
 
 
 def run_ingest(args: argparse.Namespace) -> dict:
@@ -90,7 +107,8 @@ def run_ingest(args: argparse.Namespace) -> dict:
                              num_shards=args.num_shards, cache_dir=cache_dir, delay=args.delay,
                              per_host=args.per_host,
                              timeout=getattr(args, "timeout", 30.0),  # getattr: benchmarks build args by hand
-                             follow_offsite=getattr(args, "follow_offsite", False), progress=progress)
+                             follow_offsite=getattr(args, "follow_offsite", False), progress=progress,
+                             split_size=getattr(args, "split_size", SPLIT_SIZE))
             if args.write_folkrnn_text:
                 write_folkrnn_text_file(staging)
         except BaseException as err:
@@ -108,13 +126,27 @@ def run_ingest(args: argparse.Namespace) -> dict:
 
 
 def write_folkrnn_text_file(out: str) -> str:
+    """``OUT/tunes.folkrnn.txt`` from the tunes table, in id order, a record batch of each shard at a time."""
+    import glob
+    import heapq
+
     import pyarrow.parquet as pq
 
-    from folkrnn.transforms.abc.split import write_folkrnn_text
+    from folkrnn.transforms.abc.split import folkrnn_text_blocks
 
-    table = pq.read_table(os.path.join(out, "tunes"), columns=["id", "tokens"]).sort_by("id")
+    def tunes_of(shard: str) -> Iterator[tuple[str, list[str]]]:
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=1024, columns=["id", "tokens"]):
+            yield from zip(batch.column("id").to_pylist(), batch.column("tokens").to_pylist())
+
+    shards = sorted(glob.glob(os.path.join(out, "tunes", "*.parquet")))
+    in_order = heapq.merge(*(tunes_of(shard) for shard in shards))
     path = os.path.join(out, FOLKRNN_TEXT)
-    atomic_write(path, write_folkrnn_text(table.column("tokens").to_pylist()))
+
+    def write(handle) -> None:
+        for block in folkrnn_text_blocks(tokens for _, tokens in in_order):
+            handle.write(block.encode("utf-8"))
+
+    atomic_write(path, write)
     return path
 
 

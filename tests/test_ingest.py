@@ -30,9 +30,14 @@ def test_ingest_transform_routes_every_record():
                raw(3, "X:4\nT:No key\nM:4/4\nABc|")]
     with TestPipeline(options=local_options()) as p:
         out = p | beam.Create(records) | IngestTunes(valid_fraction=0.0)
+        # "tunes": every tune tokenized; "kept": the one of each content kept (the tunes table is
+        # "tunes" without the ids of "duplicates")
         assert_that(out["tunes"] | "TuneIds" >> beam.Map(lambda r: (r["id"], r["tokens"][:4], r["split"])),
-                    equal_to([(records[0].id, ["M:4/4", "K:Cmaj", "|:", "c"], "train")]),
+                    equal_to([(records[0].id, ["M:4/4", "K:Cmaj", "|:", "c"], "train"),
+                              (records[1].id, ["M:4/4", "K:Cmaj", "|:", "c"], "train")]),
                     label="tunes")
+        assert_that(out["kept"] | "KeptIds" >> beam.Map(lambda r: (r["id"], r["meter"], r["mode"])),
+                    equal_to([(records[0].id, "4/4", "maj")]), label="kept")
         assert_that(out["duplicates"] | "DupIds" >> beam.Map(lambda r: (r["id"], r["duplicate_of"])),
                     equal_to([(records[1].id, records[0].id)]), label="duplicates")
         assert_that(out["rejects"] | "Reasons" >> beam.Map(lambda r: (r["id"], r["stage"], r["reason"])),

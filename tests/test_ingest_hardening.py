@@ -118,8 +118,10 @@ def test_a_reingest_that_fails_writing_leaves_the_previous_output(tmp_path, caps
     stderr = run.stderr
     assert run.returncode == 2, stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
-    assert re.fullmatch(rf"folkrnn ingest: error: {re.escape(out)}/\.staging-[0-9a-f]{{12}}/tunes/"
-                        r"part-00000-of-00001\.parquet: File too large\n", stderr), stderr
+    # the file that could not be written: the tunes shard, or a sorted run on its way there
+    assert re.fullmatch(rf"folkrnn ingest: error: {re.escape(out)}/\.staging-[0-9a-f]{{12}}/"
+                        r"(tunes/part-00000-of-00001\.parquet|\.runs/tunes/[0-9a-f]{32}\.arrow): File too large\n",
+                        stderr), stderr
     assert folder_bytes(out) == before  # the old output whole, the staging folder gone
     summary = assert_summary_counts_the_shards(out)
     assert (summary["read"], summary["kept"]) == (5, 3)
@@ -298,8 +300,8 @@ assert [summary['kept'], summary['duplicates'], summary['rejected']] == rows and
 
 @pytest.mark.parametrize("how, cause", [
     ("read-only", r"/X: Read-only file system \(the file system is read-only: choose another folder\)"),
-    ("full", r"/X/\.staging-[0-9a-f]{12}/tunes/part-00000-of-00001\.parquet: No space left on device "
-             r"\(free some space or choose another disk\)"),
+    ("full", r"/X/\.staging-[0-9a-f]{12}/(tunes/part-00000-of-00001\.parquet|\.runs/tunes/[0-9a-f]{32}\.arrow): "
+             r"No space left on device \(free some space or choose another disk\)"),
 ], ids=["read-only", "full"])
 def test_a_read_only_or_full_disk_is_one_line_and_the_previous_output_stays(tmp_path, how, cause):
     """A real tmpfs of 64 KB in a private mount namespace: an ingest fits, the next one does not."""

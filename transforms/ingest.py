@@ -15,7 +15,7 @@ from folkrnn.schemas.tables import findings_row
 from folkrnn.schemas.vocab import METER_TOKENS, MODE_TOKENS, TOKEN_TO_ID
 from folkrnn.transforms.abc.errors import TuneRejected
 from folkrnn.transforms.abc.tokenize import Tokenized, tokenize_tune
-from folkrnn.transforms.records import RawTune, reject_row
+from folkrnn.transforms.records import RawTune, record_id, reject_row
 from folkrnn.transforms.validator import validate_tokens
 
 REJECTS = "rejects"
@@ -82,14 +82,32 @@ def process_record(raw: RawTune, valid_fraction: float = 0.05) -> tuple[str, dic
                                 stage=stage, reason=reason, detail=detail, raw=raw.text)
 
 
-def keep_first(content_hash: str, rows: Iterable[dict]) -> tuple[dict, list[dict]]:
-    """Of tunes with the same tokens, the one with the smallest id, and duplicate rows for the others."""
-    ordered = sorted(rows, key=lambda r: r["id"])
+# What telling duplicates apart needs of a tune row, small enough to gather for every tune:
+# (SHA-1 of the tokens (20 bytes), source, collection, position, meter, mode); the id follows
+# from source, collection and position (``record_id``).
+DedupKey = tuple[bytes, str, str, int, str, str]
+
+
+def dedup_key(row: dict) -> DedupKey:
+    return (bytes.fromhex(row["content_hash"]), row["source"], row["collection"], row["position"],
+            row["meter"], row["mode"])
+
+
+def id_of_key(key: DedupKey) -> str:
+    _, source, collection, position, _, _ = key
+    return record_id(collection, source, position)
+
+
+def keep_first(keys: Iterable[DedupKey]) -> tuple[dict, list[dict]]:
+    """Of tunes with the same tokens, the one with the smallest id (its id, collection, meter and
+    mode: what the summary counts) and duplicate rows for the others."""
+    ordered = sorted((id_of_key(key), key) for key in keys)
+    kept_id, (digest, _, collection, _, meter, mode) = ordered[0]
     duplicates = [{
-        "id": row["id"], "source": row["source"], "collection": row["collection"],
-        "position": row["position"], "duplicate_of": ordered[0]["id"], "content_hash": content_hash,
-    } for row in ordered[1:]]
-    return ordered[0], duplicates
+        "id": row_id, "source": source, "collection": coll, "position": position, "duplicate_of": kept_id,
+        "content_hash": digest.hex(),
+    } for row_id, (_, source, coll, position, _, _) in ordered[1:]]
+    return {"id": kept_id, "collection": collection, "meter": meter, "mode": mode}, duplicates
 
 
 def shard_of(row_id: str, num_shards: int) -> int:

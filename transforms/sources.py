@@ -13,9 +13,9 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from folkrnn.transforms.abc.split import looks_like_folkrnn_text, read_folkrnn_text, split_abc
+from folkrnn.transforms.abc.split import iter_abc, iter_folkrnn_text, looks_like_folkrnn_text
 from folkrnn.transforms.records import RawTune, decode_text, looks_binary, reject_row
 
 TABULAR_COLUMNS = ("tune_id", "setting_id", "name", "type", "meter", "mode", "abc")
@@ -56,13 +56,17 @@ def tunes_of_document(source: str, collection: str, data: bytes,
     if looks_like_folkrnn_text(text):  # given without --format folkrnn-text: ABC parsing would reject it
         yield from folkrnn_records(source, collection, text, encoding, detected=True)
         return
-    tunes = split_abc(text)
-    if not tunes:
-        yield reject_row(collection=collection, source=source, position=0, stage="read", reason="no_tunes",
-                         detail=f"{source} holds no tune (no block with a K: field)", raw=text[:2000])
-        return
-    for position, tune in enumerate(tunes):
+    position = -1
+    for position, tune in enumerate(iter_abc(text)):
         yield RawTune(source=source, collection=collection, position=position, text=tune, encoding=encoding)
+    if position < 0:
+        yield no_tunes_reject(source, collection, text)
+
+
+def no_tunes_reject(source: str, collection: str, text: str) -> dict:
+    """The reject row of an ABC document without a tune; ``text`` is its text, or its beginning."""
+    return reject_row(collection=collection, source=source, position=0, stage="read", reason="no_tunes",
+                      detail=f"{source} holds no tune (no block with a K: field)", raw=text[:2000])
 
 
 def music21_abc_paths() -> list[str]:
@@ -97,6 +101,11 @@ def rows_of_dump(path: str, collection: str, data: bytes) -> Iterator[RawTune | 
                          detail=f"{path} is not a JSON array: its brackets do not balance, or text follows it",
                          raw=text[:2000])
         return
+    yield from records_of_rows(path, collection, rows, encoding)
+
+
+def records_of_rows(path: str, collection: str, rows: Iterable[ParsedRow], encoding: str) -> Iterator[RawTune | dict]:
+    """A RawTune for each row of a dump read, a reject row for each row that could not be."""
     for position, row, error, raw in rows:
         if error:
             yield reject_row(collection=collection, source=path, position=position, stage="read",
@@ -121,16 +130,16 @@ def _json_rows(text: str) -> list[ParsedRow] | None:
     stripped = text.strip()
     if not stripped.startswith("["):
         lines = [line for line in stripped.splitlines() if line.strip()]
-        return [_parse_json(position, line) for position, line in enumerate(lines)]
+        return [parse_json_row(position, line) for position, line in enumerate(lines)]
     try:
         rows = json.loads(stripped)
     except (ValueError, RecursionError):
         pieces = split_json_array(stripped)
-        return None if pieces is None else [_parse_json(position, piece) for position, piece in enumerate(pieces)]
+        return None if pieces is None else [parse_json_row(position, piece) for position, piece in enumerate(pieces)]
     return [(position, row, "", "") for position, row in enumerate(rows)]
 
 
-def _parse_json(position: int, piece: str) -> ParsedRow:
+def parse_json_row(position: int, piece: str) -> ParsedRow:
     try:
         return position, json.loads(piece), "", piece
     except (ValueError, RecursionError) as err:
@@ -236,7 +245,7 @@ def folkrnn_records(source: str, collection: str, text: str, encoding: str,
                     detected: bool = False) -> Iterator[RawTune]:
     """RawTune records of folk-rnn text; ``detected``: recognised by its layout, not named by --format."""
     meta = {"format": "folkrnn-text", **({"detected": "layout"} if detected else {})}
-    for position, tokens in enumerate(read_folkrnn_text(text)):
+    for position, tokens in enumerate(iter_folkrnn_text(text)):
         yield RawTune(source=source, collection=collection, position=position, text=" ".join(tokens),
                       encoding=encoding, meta=meta)
 

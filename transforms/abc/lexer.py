@@ -28,7 +28,7 @@ from folkrnn.transforms.abc.errors import TuneRejected
 from folkrnn.transforms.abc.header import parse_key, parse_meter, parse_unit_length
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Note:
     letter: int  # 0..6 for C..B
     octave: int  # scientific octave: C (upper case, no marks) is octave 4
@@ -36,29 +36,29 @@ class Note:
     length: Fraction  # in whole notes
 
 
-@dataclass
+@dataclass(slots=True)
 class Rest:
     length: Fraction
 
 
-@dataclass
+@dataclass(slots=True)
 class Chord:
     notes: list[Note]
     length: Fraction  # of the chord as a whole (its first note's length times the multiplier)
 
 
-@dataclass
+@dataclass(slots=True)
 class Tuplet:
     p: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Broken:
     direction: str  # ">" or "<"
     count: int  # 1 for ">", 2 for ">>" ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Bar:
     token: str  # one of | |: :| |1 |2
 
@@ -83,8 +83,10 @@ HTML_TAG_RE = re.compile(
 )
 HTML_ENTITY_RE = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
 
-_NOTE_RE = re.compile(r"(\^\^|\^|__|_|=)?([A-Ga-g])([,']*)")
+_NOTE_RE = re.compile(r"(\^\^|\^|__|_|=)?([A-Ga-g])([,']*)(\d*/*\d*)")  # with its length
 _LENGTH_RE = re.compile(r"(\d*)(/*)(\d*)")
+_NOTE_START = frozenset("^_=ABCDEFGabcdefg")
+_NOTE_RUN_RE = re.compile(r"(?:(?:\^\^|\^|__|_|=)?[A-Ga-g][,']*\d*/*\d*)+")
 _BAR_RE = re.compile(r":*(?:\[\||\|\]|\|+|\.\|)\]?:*|:{2,}")
 _ENDING_RE = re.compile(r"\s*\[?([0-9])(?![0-9/])([-,][0-9])?")
 _TUPLET_RE = re.compile(r"\((\d)(?::(\d?)(?::(\d?))?)?")
@@ -94,9 +96,27 @@ _INLINE_FIELD_RE = re.compile(r"\[([A-Za-z]):([^\]\n]*)\]")
 def parse_length(text: str, pos: int) -> tuple[Fraction, int]:
     """Read an ABC length multiplier at ``pos``: '', 2, /2, /, //, 3/2, 3/ ..."""
     match = _LENGTH_RE.match(text, pos)
+    written = match.group(0)
+    value = _LENGTHS.get(written)
+    if value is None:
+        value = _length_value(match, pos)
+        if len(_LENGTHS) < _CACHE_LIMIT:
+            _LENGTHS[written] = value
+    return value, match.end()
+
+
+# Fractions are slow to make (pure Python): lengths and notes as written, read again and again, are
+# made once. Bounded, so that odd input cannot grow them without end.
+_CACHE_LIMIT = 4096
+_LENGTHS: dict[str, Fraction] = {}  # written length -> its value
+_NOTES: dict[tuple[str, int, int], Note] = {}  # (written, unit) -> the note (frozen: shared)
+_RUNS: dict[tuple[str, int, int], tuple[Note, ...]] = {}  # (notes written together, unit) -> the notes
+
+
+def _length_value(match: re.Match, pos: int) -> Fraction:
     num, slashes, den = match.groups()
     if not slashes:
-        return (Fraction(int(num)) if num else Fraction(1)), match.end()
+        return Fraction(int(num)) if num else Fraction(1)
     value = Fraction(int(num)) if num else Fraction(1)
     if den:
         if int(den) == 0:
@@ -104,18 +124,22 @@ def parse_length(text: str, pos: int) -> tuple[Fraction, int]:
         value /= int(den) * 2 ** (len(slashes) - 1)
     else:
         value /= 2 ** len(slashes)
-    return value, match.end()
+    return value
 
 
 class _Lexer:
     def __init__(self, text: str, unit: Fraction, meter_token: str, key_text: str):
         self.text = text
-        self.unit = unit
+        self.set_unit(unit)
         self.meter_token = meter_token
         self.key = parse_key(key_text)
         self.body = Body()
         self.pos = 0
         self.line_closed_bar = False  # the last line break ended a full bar: a bar line if music follows
+
+    def set_unit(self, unit: Fraction) -> None:
+        self.unit = unit
+        self.unit_key = (unit.numerator, unit.denominator)
 
     def reject(self, reason: str, detail: str) -> TuneRejected:
         line = self.text.count("\n", 0, self.pos) + 1
@@ -145,7 +169,7 @@ class _Lexer:
                 raise self.reject("key_change", f"the key changes mid-tune to K:{value.strip()}")
             return
         if name == "L":
-            self.unit = parse_unit_length(value)
+            self.set_unit(parse_unit_length(value))
             return
         if name in "wW":
             self.removed("lyrics")
@@ -170,7 +194,12 @@ class _Lexer:
                 self.pos = end
                 continue
             at_line_start = False
-            if ch == "\n":
+            # the most frequent characters first: no branch below matches a note letter or a space
+            if ch in _NOTE_START:
+                self.notes()
+            elif ch == " ":
+                self.pos += 1
+            elif ch == "\n":
                 at_line_start = True
                 self.pos += 1
                 self.line_end()
@@ -221,8 +250,6 @@ class _Lexer:
                 self.bar()
             elif ch == "[":
                 self.open_bracket()
-            elif ch in "^_=" or ch in "ABCDEFGabcdefg":
-                self.emit(self.note())
             elif ch in "zx":
                 self.pos += 1
                 length, self.pos = parse_length(text, self.pos)
@@ -380,16 +407,40 @@ class _Lexer:
         multiplier, self.pos = parse_length(self.text, self.pos)
         self.emit(Chord(notes, notes[0].length * multiplier))
 
+    def notes(self) -> None:
+        """A run of notes written without anything between them ("A2B/c"): one regex match for all."""
+        run = _NOTE_RUN_RE.match(self.text, self.pos)
+        if not run:
+            raise self.reject("unparseable", "an accidental without a note")
+        key = (run.group(0), *self.unit_key)
+        notes = _RUNS.get(key)
+        if notes is None:
+            notes = tuple(_NOTES.get((match.group(0), *self.unit_key)) or self._new_note(match, self.pos)
+                          for match in _NOTE_RE.finditer(run.group(0)))
+            if len(_RUNS) < 16 * _CACHE_LIMIT:
+                _RUNS[key] = notes
+        self.emit(notes[0])  # a line break read as a bar line goes before it
+        self.body.elements.extend(notes[1:])
+        self.pos = run.end()
+
     def note(self) -> Note:
         match = _NOTE_RE.match(self.text, self.pos)
         if not match:
             raise self.reject("unparseable", "an accidental without a note")
-        accidental_text, letter_text, marks = match.groups()
+        note = _NOTES.get((match.group(0), *self.unit_key)) or self._new_note(match, 0)
         self.pos = match.end()
-        length, self.pos = parse_length(self.text, self.pos)
+        return note
+
+    def _new_note(self, match: re.Match, offset: int) -> Note:
+        """The note of a ``_NOTE_RE`` match in ``self.text[offset:]``."""
+        accidental_text, letter_text, marks, _ = match.groups()
+        length, _ = parse_length(self.text, offset + match.start(4))
         octave = (4 if letter_text.isupper() else 5) + marks.count("'") - marks.count(",")
         accidental = None if accidental_text is None else ACCIDENTALS[accidental_text]
-        return Note(LETTERS.index(letter_text.upper()), octave, accidental, length * self.unit)
+        note = Note(LETTERS.index(letter_text.upper()), octave, accidental, length * self.unit)
+        if len(_NOTES) < _CACHE_LIMIT:
+            _NOTES[(match.group(0), *self.unit_key)] = note
+        return note
 
 
 def bar_duration(elements: list[Element], meter_token: str) -> Fraction:

@@ -9,11 +9,15 @@ blank lines, without ``X:``; a block with a ``K:`` line is then a tune. File-hea
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from folkrnn.schemas.vocab import MODE_TOKENS, TOKEN_TO_ID
 
 _FIELD_LINE = re.compile(r"^[A-Za-z]:")
 _BLANK_SPLIT = re.compile(r"\n[ \t]*\n")
+_X_SPLIT = re.compile(r"(?m)^(?=X:)")
+_X_LINE = re.compile(r"(?m)^X:")
 INHERITED_FIELDS = set("LMRCOABDGHNSZI")
 
 
@@ -22,7 +26,7 @@ def _blocks(text: str) -> list[str]:
 
 
 def _is_tune_block(block: str) -> bool:
-    return any(line.startswith("K:") for line in block.split("\n"))
+    return block.startswith("K:") or "\nK:" in block
 
 
 def _file_header(block: str) -> list[str]:
@@ -33,26 +37,62 @@ def _file_header(block: str) -> list[str]:
     ]
 
 
+def normalize_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def split_abc(text: str) -> list[str]:
     """The tunes of an ABC file, in order, each with the file header's fields it inherits."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    parts = re.split(r"(?m)^(?=X:)", text)
+    return list(iter_abc(text))
+
+
+def iter_abc(text: str) -> Iterator[str]:
+    """``split_abc`` one tune at a time."""
+    text = normalize_newlines(text)
+    yield from tunes_of_piece(text, file_header(text))
+
+
+def file_header(text: str) -> list[str]:
+    """The file header's inheritable field lines: from the file's first block, when that block
+    comes before any ``X:`` and is not itself a tune. ``text`` (newlines normalized) may be just
+    the file's beginning, as long as it ends where a tune may start (``transforms.byte_ranges``)."""
+    if text.startswith("X:"):
+        return []
+    first_x = _X_LINE.search(text)
+    preamble = text if first_x is None else text[:first_x.start()]
+    for block in _BLANK_SPLIT.split(preamble):
+        if block.strip():
+            return [] if _is_tune_block(block) else _file_header(block)
+    return []
+
+
+def tunes_of_piece(text: str, header: list[str]) -> Iterator[str]:
+    """The tunes in a piece of an ABC file (newlines normalized) that starts where a tune may
+    start: at the file's beginning, at an ``X:`` line or after a blank line. Tunes start at ``X:``
+    and end at a blank line; a later block of the same stretch is a tune when it has a ``K:`` line
+    (collections that separate tunes by blank lines alone). So the tunes of consecutive pieces are
+    the tunes of the whole text: the split of any file at such points changes nothing."""
+    for tune in tune_blocks(text):
+        yield _with_header(tune, header)
+
+
+def tune_blocks(text: str) -> Iterator[str]:
+    """The blocks of a piece (see ``tunes_of_piece``) that are tunes, without the file header."""
+    parts = _X_SPLIT.split(text)
     preamble, chunks = ("", parts) if text.startswith("X:") else (parts[0], parts[1:])
-    header: list[str] = []
-    tunes: list[str] = []
-    pre_blocks = _blocks(preamble)
-    if pre_blocks and not _is_tune_block(pre_blocks[0]):
-        header = _file_header(pre_blocks[0])
-        pre_blocks = pre_blocks[1:]
-    # tunes without X: before the first X: (or in a file that has none)
-    tunes.extend(_with_header(b, header) for b in pre_blocks if _is_tune_block(b))
+    # the file header, if in this piece, is a block without K: and so no tune
+    yield from (b for b in _blocks(preamble) if _is_tune_block(b))
     for chunk in chunks:
         blocks = _blocks(chunk)
         if not blocks:
             continue
-        tunes.append(_with_header(blocks[0], header))
-        tunes.extend(_with_header(b, header) for b in blocks[1:] if _is_tune_block(b))
-    return tunes
+        yield blocks[0]
+        yield from (b for b in blocks[1:] if _is_tune_block(b))
+
+
+def count_tunes(text: str) -> int:
+    """How many tunes ``tunes_of_piece`` finds in a piece."""
+    return sum(1 for _ in tune_blocks(text))
 
 
 def _with_header(tune: str, header: list[str]) -> str:
@@ -72,39 +112,69 @@ _FOLKRNN_METER_LINE = re.compile(r"M:\S+")
 FOLKRNN_TEXT_MIN_VOCAB_SHARE = 0.9
 
 
+@dataclass
+class LayoutTally:
+    """What ``looks_like_folkrnn_text`` counts, added up piece by piece over a large file."""
+
+    blocks: int = 0
+    body_tokens: int = 0
+    in_vocabulary: int = 0
+    laid_out: bool = True  # every block so far has the layout
+
+    def add(self, text: str) -> None:
+        """Count the blocks of ``text`` (a piece that starts and ends at blank lines, or a whole file)."""
+        if not self.laid_out:
+            return
+        for block in _blocks(normalize_newlines(text)):
+            lines = [line.strip() for line in block.strip().split("\n")]
+            if len(lines) < 3 or not _FOLKRNN_METER_LINE.fullmatch(lines[0]) or lines[1] not in MODE_TOKENS:
+                self.laid_out = False
+                return
+            tokens = " ".join(lines[2:]).split()
+            self.blocks += 1
+            self.body_tokens += len(tokens)
+            self.in_vocabulary += sum(token in TOKEN_TO_ID for token in tokens)
+
+    @property
+    def looks_like_folkrnn_text(self) -> bool:
+        return (self.laid_out and self.blocks > 0 and self.body_tokens > 0
+                and self.in_vocabulary >= FOLKRNN_TEXT_MIN_VOCAB_SHARE * self.body_tokens)
+
+
 def looks_like_folkrnn_text(text: str) -> bool:
     """True when every block is laid out as folk-rnn writes its data: an ``M:`` line and a
     ``K:C<mode>`` line of one token each, then body tokens separated by spaces, nearly all of
     them in the vocabulary. ABC read that way would be garbled (or rejected as unparseable)."""
-    blocks = _blocks(text.replace("\r\n", "\n").replace("\r", "\n"))
-    if not blocks:
-        return False
-    body_tokens = in_vocabulary = 0
-    for block in blocks:
-        lines = [line.strip() for line in block.strip().split("\n")]
-        if len(lines) < 3 or not _FOLKRNN_METER_LINE.fullmatch(lines[0]) or lines[1] not in MODE_TOKENS:
-            return False
-        tokens = " ".join(lines[2:]).split()
-        body_tokens += len(tokens)
-        in_vocabulary += sum(token in TOKEN_TO_ID for token in tokens)
-    return body_tokens > 0 and in_vocabulary >= FOLKRNN_TEXT_MIN_VOCAB_SHARE * body_tokens
+    tally = LayoutTally()
+    tally.add(text)
+    return tally.looks_like_folkrnn_text
 
 
 def read_folkrnn_text(text: str) -> list[list[str]]:
     """Tunes of a folk-rnn data file: blocks of an M: line, a K: line and a line of tokens."""
-    tunes = []
+    return list(iter_folkrnn_text(text))
+
+
+def iter_folkrnn_text(text: str) -> Iterator[list[str]]:
+    """``read_folkrnn_text`` one tune at a time; also of a piece that starts and ends at a blank line."""
     for block in _blocks(text.replace("\r\n", "\n")):
         tokens = block.split()
         if tokens:
-            tunes.append(tokens)
-    return tunes
+            yield tokens
 
 
-def write_folkrnn_text(tunes: list[list[str]]) -> str:
+def write_folkrnn_text(tunes: Iterable[list[str]]) -> str:
     """The folk-rnn layout: per tune an M: line, a K: line, the body tokens; a blank line between."""
-    blocks = []
+    return "".join(folkrnn_text_blocks(tunes))
+
+
+def folkrnn_text_blocks(tunes: Iterable[list[str]]) -> Iterator[str]:
+    """``write_folkrnn_text`` a tune at a time (to write a file of any size in bounded memory)."""
+    first = True
     for tokens in tunes:
         head = [t for t in tokens[:2] if t.startswith(("M:", "K:"))]
         rest = tokens[len(head):]
-        blocks.append("\n".join([*head, " ".join(rest)]))
-    return "\n\n".join(blocks) + "\n"
+        yield ("" if first else "\n") + "\n".join([*head, " ".join(rest)]) + "\n"
+        first = False
+    if first:
+        yield "\n"

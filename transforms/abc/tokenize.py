@@ -157,6 +157,19 @@ def shift_note(letter: int, octave: int, height: int, semitones: int, steps: int
 
 
 def pitch_token(note: Note, semitones: int, steps: int) -> str:
+    key = (note.letter, note.octave, note.accidental, semitones, steps)
+    token = _PITCH_TOKENS.get(key)
+    if token is None:
+        token = _pitch_token(note, semitones, steps)  # raises _PitchOutOfVocab (never cached)
+        if len(_PITCH_TOKENS) < 65536:
+            _PITCH_TOKENS[key] = token
+    return token
+
+
+_PITCH_TOKENS: dict[tuple, str] = {}  # (letter, octave, accidental, semitones, steps) -> token
+
+
+def _pitch_token(note: Note, semitones: int, steps: int) -> str:
     height = 12 * note.octave + LETTER_SEMITONES[note.letter] + (note.accidental or 0)
     letter, octave, alteration = shift_note(note.letter, note.octave, height, semitones, steps)
     if note.accidental is None:
@@ -169,12 +182,20 @@ def pitch_token(note: Note, semitones: int, steps: int) -> str:
     return token
 
 
+# Duration tokens by the length in whole notes as (numerator, denominator): a tuple of ints hashes
+# fast, a Fraction does not.
+_DURATION_TOKENS = {((eighths * EIGHTH).numerator, (eighths * EIGHTH).denominator): token
+                    for eighths, token in DURATION_OF_LENGTH.items() if eighths != 1}
+_ONE_EIGHTH = (EIGHTH.numerator, EIGHTH.denominator)
+
+
 def duration_token(length: Fraction) -> str | None:
-    eighths = length / EIGHTH
-    if eighths == 1:
+    key = (length.numerator, length.denominator)
+    if key == _ONE_EIGHTH:
         return None
-    token = DURATION_OF_LENGTH.get(eighths)
+    token = _DURATION_TOKENS.get(key)
     if token is None:
+        eighths = length / EIGHTH
         raise TuneRejected("tokenize", "duration_not_in_vocab",
                            f"a length of {eighths} eighth notes has no token")
     return token
@@ -182,10 +203,17 @@ def duration_token(length: Fraction) -> str | None:
 
 def body_tokens(body: Body, semitones: int, steps: int) -> list[str]:
     tokens: list[str] = []
+    # The lexer hands out one Note object for each note as written, so most notes of a tune are
+    # repeats of a few objects: their tokens are worked out once (by id: all alive during this call).
+    of_note: dict[int, tuple[str, ...]] = {}
     for element in body.elements:
-        if isinstance(element, Note):
-            tokens.append(pitch_token(element, semitones, steps))
-            _append_duration(tokens, element.length)
+        if type(element) is Note:
+            note_tokens = of_note.get(id(element))
+            if note_tokens is None:
+                pitch = pitch_token(element, semitones, steps)
+                duration = duration_token(element.length)
+                note_tokens = of_note[id(element)] = (pitch,) if duration is None else (pitch, duration)
+            tokens.extend(note_tokens)
         elif isinstance(element, Rest):
             tokens.append("z")
             _append_duration(tokens, element.length)
