@@ -46,6 +46,7 @@ from folkrnn.transforms.records import RawTune, looks_binary, reject_row
 from folkrnn.transforms.sources import (
     CSV_FIELD_LIMIT,
     ParsedRow,
+    csv_reader_rows,
     folkrnn_records,
     no_tunes_reject,
     parse_json_row,
@@ -390,24 +391,8 @@ def _json_lines(task: ByteRange, read_at: ReadAt) -> Iterator[ParsedRow]:
 def _csv_records(task: ByteRange, read_at: ReadAt) -> Iterator[RawTune | dict]:
     lines = _LineFeed(read_at, task.end, task.encoding, task.start)
     reader = csv.DictReader(lines, fieldnames=list(task.header) if task.start else None)
-    rows: Iterator[ParsedRow] = _csv_rows_of(reader, task)
+    rows: Iterator[ParsedRow] = csv_reader_rows(reader, task.position, task.line)
     yield from records_of_rows(task.path, task.collection, rows, task.encoding)
-
-
-def _csv_rows_of(reader: csv.DictReader, task: ByteRange) -> Iterator[ParsedRow]:
-    """As ``sources._csv_rows``, with positions and line numbers counted from the file's start."""
-    csv.field_size_limit(CSV_FIELD_LIMIT)
-    position = task.position
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as err:
-            yield position, None, f"not valid CSV (line {task.line + reader.line_num}): {err}", ""
-        else:
-            yield position, row, "", ""
-        position += 1
 
 
 def head_decoder(encoding: str) -> Callable[[bytes], str]:

@@ -180,15 +180,20 @@ def split_json_array(text: str) -> list[str] | None:
 def _csv_rows(text: str) -> Iterator[ParsedRow]:
     """Rows of a CSV file; a row the reader cannot take is an error at its position, the next go on."""
     csv.field_size_limit(CSV_FIELD_LIMIT)
-    reader = csv.DictReader(io.StringIO(text))
-    position = 0
+    return csv_reader_rows(csv.DictReader(io.StringIO(text)))
+
+
+def csv_reader_rows(reader: csv.DictReader, position: int = 0, line: int = 0) -> Iterator[ParsedRow]:
+    """The rows of ``reader`` numbered from ``position``, its line numbers counted after ``line``
+    (a byte range of a file starts part-way)."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     while True:
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as err:
-            yield position, None, f"not valid CSV (line {reader.line_num}): {err}", ""
+            yield position, None, f"not valid CSV (line {line + reader.line_num}): {err}", ""
         else:
             yield position, row, "", ""
         position += 1
